@@ -1,0 +1,28 @@
+//! Wire contracts shared by `crossway-proxy` (host) and `crossway-agent` (guest).
+//!
+//! Nothing in this crate does I/O or uses `unsafe`: it turns bytes into values and back, and
+//! every byte it is given is treated as hostile (from a guest or from a host compositor).
+//!
+//! ```text
+//!  guest app ─wayland─▶ crossway-agent ══cross-domain══▶ crossway-proxy ─wayland─▶ compositor
+//!                        │      wire + objects + tables      │
+//!                        └── cross_domain + capset + dmabuf ─┘
+//! ```
+//!
+//! - [`wire`]: Wayland message framing and argument codec, decoding in place.
+//! - [`tables`]: every interface the `wayland-protocols*` crates describe, by name.
+//! - [`objects`]: a connection's object map (ids, interfaces, versions, lifetimes).
+//! - [`cross_domain`]: the virtio-gpu cross-domain context's structs and command decoder.
+//! - [`dmabuf`]: linux-dmabuf format tables, tranches and preference lists.
+//! - [`capset`]: the Crossway capset, the host's formats and features for the guest.
+
+#![forbid(unsafe_code)]
+
+pub mod capset;
+pub mod cross_domain;
+pub mod dmabuf;
+pub mod objects;
+pub mod tables;
+pub mod wire;
+
+pub use drm_fourcc;
