@@ -12,6 +12,9 @@
 //! so the map is back where it started after each frame and iterations are independent.
 //! Criterion prints the rate as elements (messages) per second.
 
+// Setup failures are the report here, as in tests.
+#![allow(clippy::unwrap_used)]
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossway_protocols::objects::{ObjectMap, Side};
 use crossway_protocols::tables::ProtocolTable;

@@ -1,6 +1,7 @@
 //! Cross-domain commands as bytes written by hand from the struct layouts in the reference
 //! (rutabaga's `cross_domain_protocol.rs`; all fields little-endian), checked against the
 //! decoder, the encoders and the zerocopy structs.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is the test failure
 
 use crossway_protocols::cross_domain::*;
 use zerocopy::{FromBytes, IntoBytes};

@@ -2,6 +2,7 @@
 //! book (header: object id, then `size << 16 | opcode`; arguments padded to 4 bytes), checked
 //! against both the decoder and the encoder. The bytes are little-endian: these tests describe
 //! the wire as x86_64 and aarch64 hosts see it.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is the test failure
 #![cfg(target_endian = "little")]
 
 use crossway_protocols::objects::{ObjectMap, Side};

@@ -1,5 +1,6 @@
 //! Property tests for every codec: `decode(encode(x)) == x`, and decoding arbitrary bytes
 //! returns a value or an error, never a panic.
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is the test failure
 
 use std::ffi::CString;
 
