@@ -8,10 +8,17 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "crossway-proxy", version, about, long_about = None)]
 #[command(after_help = "Logging: set RUST_LOG (for example RUST_LOG=crossway_proxy=debug).")]
+#[command(args_conflicts_with_subcommands = true, arg_required_else_help = true)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// Print the vhost-user backend capabilities (JSON, for libvirt) and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+    /// `serve` options given without the subcommand, as libvirt launches backends.
+    #[command(flatten)]
+    pub vhost_user: crate::serve::ServeArgs,
 }
 
 /// The subcommands.
@@ -19,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a guest app through the whole chain and write a screenshot and stats.
     Demo(DemoArgs),
+    /// Be the virtio-gpu vhost-user backend of one VM (QEMU, crosvm, libvirt).
+    Serve(crate::serve::ServeArgs),
 }
 
 /// Options of `demo`.

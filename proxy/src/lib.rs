@@ -12,6 +12,7 @@
 //! contracts in `crossway-protocols` exist, and `demo` says what is still missing.
 
 pub mod cli;
+pub mod serve;
 
 use anyhow::Result;
 use crossway_protocols::tables::ProtocolTable;
@@ -20,8 +21,14 @@ pub use cli::{Cli, Command};
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
+    if cli.print_capabilities {
+        return serve::print_capabilities();
+    }
     match cli.command {
-        Command::Demo(args) => demo(args),
+        Some(Command::Demo(args)) => demo(args),
+        Some(Command::Serve(args)) => serve::serve(args),
+        None if cli.vhost_user.has_endpoint() => serve::serve(cli.vhost_user),
+        None => anyhow::bail!("no command given; see --help"),
     }
 }
 

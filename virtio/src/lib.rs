@@ -1,13 +1,33 @@
 //! The virtio-gpu device behind `crossway-proxy serve`: command structs, resources, blobs,
-//! contexts, fences and capsets, served to a VMM over vhost-user, plus the loopback VM that
-//! plays VMM and guest driver where no real VM is at hand.
+//! contexts, fences and capsets, served to a VMM over vhost-user.
 //!
 //! ```text
-//!  VMM (QEMU, crosvm) ──vhost-user──▶ backend ──▶ device model ──▶ context (cross-domain, in proxy)
+//!  VMM (QEMU, crosvm) ──vhost-user──▶ backend ──▶ queue ──▶ device ──▶ context (cross-domain, in proxy)
+//!                                       │                     ├─ blob: udmabuf or memfd copy
+//!                                       └─ SHMEM_MAP ◀────────┴─ host blobs (MAP_BLOB)
 //! ```
 //!
-//! Nothing is here yet: the device model is the work of the virtio-gpu device issue. The crate
-//! exists so the workspace has its final shape and the dependency rules of ARCHITECTURE.md
-//! hold from the start.
+//! Layers, bottom up: [`protocol`] (wire structs, decoder), [`memory`] (guest ranges checked
+//! against the frontend's memfd regions), [`blob`] / [`udmabuf`] / [`memfd`] (guest blobs as
+//! host fds), [`fence`] (timelines), [`context`] (the trait a context type implements),
+//! [`device`] (the model), [`queue`] (virtqueues), [`backend`] (vhost-user).
 
-#![deny(unsafe_op_in_unsafe_fn)]
+pub mod backend;
+pub mod blob;
+pub mod context;
+pub mod device;
+pub mod edid;
+pub mod fence;
+pub mod memfd;
+pub mod memory;
+pub mod protocol;
+pub mod queue;
+pub mod relay;
+pub mod stats;
+pub mod udmabuf;
+
+#[cfg(test)]
+mod tests;
+
+pub use context::{Context, ContextFactory, CtxId, ResourceId};
+pub use device::{DeviceConfig, GpuDevice, Limits};

@@ -1,0 +1,116 @@
+//! `crossway-proxy serve` and the vhost-user backend conventions libvirt relies on
+//! (docs/interop/vhost-user.rst): `--socket-path`, `--fd`, `--print-capabilities`, and the GPU
+//! options `--render-node` and `--virgl`. The logic lives in `crossway_virtio::backend`; this
+//! module only turns arguments into its configuration.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use crossway_protocols::capset::{CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND, CrosswayCaps};
+use crossway_virtio::backend::{Endpoint, ServeConfig, capabilities_json};
+use crossway_virtio::blob::ExportMode;
+use crossway_virtio::context::NullContextFactory;
+use crossway_virtio::device::{CrosswayCapset, DeviceConfig, Limits};
+
+/// Options of `serve` (also accepted without the subcommand, as libvirt launches backends).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Listen on this Unix socket and serve one VMM connection.
+    #[arg(long, value_name = "PATH", conflicts_with = "fd")]
+    pub socket_path: Option<PathBuf>,
+    /// Serve an inherited socket: connected (libvirt's socketpair) or listening.
+    #[arg(long, value_name = "FDNUM")]
+    pub fd: Option<i32>,
+    /// Render node libvirt passes; accepted, used by later host-blob allocation (GBM).
+    #[arg(long, value_name = "PATH")]
+    pub render_node: Option<PathBuf>,
+    /// Accepted for libvirt; Crossway never renders virgl (the VIRGL feature bit is always
+    /// advertised because the Linux driver gates context init on it).
+    #[arg(long)]
+    pub virgl: bool,
+    /// Id of the Crossway capset (1..64, not 5).
+    #[arg(long, default_value_t = crossway_protocols::capset::DEFAULT_CROSSWAY_CAPSET_ID)]
+    pub crossway_capset_id: u32,
+    /// Per-VM limit: live resources.
+    #[arg(long, default_value_t = Limits::default().max_resources)]
+    pub max_resources: u32,
+    /// Per-VM limit: bytes of all resources together.
+    #[arg(long, default_value_t = Limits::default().max_blob_bytes)]
+    pub max_blob_bytes: u64,
+    /// Per-VM limit: live contexts.
+    #[arg(long, default_value_t = Limits::default().max_contexts)]
+    pub max_contexts: u32,
+    /// Size of the host-visible window offered for HOST3D blobs (0: none).
+    #[arg(long, default_value_t = 1 << 30)]
+    pub host_visible_size: u64,
+    /// Never use udmabuf: copy guest blobs into host memfds.
+    #[arg(long)]
+    pub no_udmabuf: bool,
+}
+
+impl ServeArgs {
+    /// Whether any way of reaching a VMM was given.
+    pub fn has_endpoint(&self) -> bool {
+        self.socket_path.is_some() || self.fd.is_some()
+    }
+}
+
+/// `--print-capabilities`.
+pub fn print_capabilities() -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(capabilities_json().as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Runs the backend for one VMM.
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let endpoint = match (&args.socket_path, args.fd) {
+        (Some(p), None) => Endpoint::SocketPath(p.clone()),
+        (None, Some(fd)) => {
+            if fd < 3 {
+                bail!("--fd {fd} is a standard stream, not a vhost-user socket");
+            }
+            // SAFETY: the launcher (libvirt) passed this fd for us to own; nothing else in
+            // this process uses it.
+            Endpoint::Fd(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+        _ => bail!("serve needs exactly one of --socket-path or --fd"),
+    };
+    if args.virgl {
+        tracing::warn!("--virgl accepted but ignored: Crossway does not render virgl");
+    }
+    let device = DeviceConfig {
+        crossway: Some(CrosswayCapset {
+            id: args.crossway_capset_id,
+            caps: CrosswayCaps {
+                flags: CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND,
+                formats: Default::default(),
+            },
+        }),
+        limits: Limits {
+            max_resources: args.max_resources,
+            max_blob_bytes: args.max_blob_bytes,
+            max_contexts: args.max_contexts,
+        },
+        export_mode: if args.no_udmabuf {
+            ExportMode::CopyOnly
+        } else {
+            ExportMode::Auto
+        },
+        host_visible_size: args.host_visible_size,
+        ..DeviceConfig::default()
+    };
+    let stats = crossway_virtio::backend::serve(ServeConfig {
+        endpoint,
+        device,
+        // The cross-domain context arrives with its own issue; until then contexts accept
+        // resources and fences but refuse command streams.
+        factory: Box::new(NullContextFactory),
+    })
+    .context("vhost-user backend")?;
+    tracing::info!(?stats, "served");
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! Host memfds: the copy path's shadow of a guest blob, and HOST3D blob storage.
+//!
+//! The only `unsafe` here is the two libc calls that have no std wrapper.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+/// `F_SEAL_SHRINK`: udmabuf requires it; it also stops a peer from truncating under a mapping.
+pub const F_SEAL_SHRINK: i32 = libc::F_SEAL_SHRINK;
+/// `F_SEAL_GROW`.
+pub const F_SEAL_GROW: i32 = libc::F_SEAL_GROW;
+/// `F_SEAL_SEAL`.
+pub const F_SEAL_SEAL: i32 = libc::F_SEAL_SEAL;
+
+/// Why a memfd could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum MemfdError {
+    /// `memfd_create` failed.
+    #[error("memfd_create failed")]
+    Create(#[source] std::io::Error),
+    /// `ftruncate` failed.
+    #[error("sizing a memfd to {0} bytes failed")]
+    Size(u64, #[source] std::io::Error),
+    /// `F_ADD_SEALS` failed.
+    #[error("sealing a memfd failed")]
+    Seal(#[source] std::io::Error),
+    /// A write into it failed.
+    #[error("writing into a memfd failed")]
+    Write(#[source] std::io::Error),
+}
+
+/// A sized, sealed (shrink and grow) memfd.
+#[derive(Debug)]
+pub struct Memfd {
+    file: File,
+    size: u64,
+}
+
+impl Memfd {
+    /// Creates a memfd of `size` bytes named `name` (visible in /proc/PID/fd), sealed against
+    /// shrinking and growing.
+    pub fn new(name: &str, size: u64) -> Result<Memfd, MemfdError> {
+        let cname = CString::new(name.replace('\0', "_")).unwrap_or_default();
+        // SAFETY: `cname` is a valid NUL-terminated string that outlives the call; the flags
+        // are constants. The return value is checked before use.
+        let fd = unsafe {
+            libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+        };
+        if fd < 0 {
+            return Err(MemfdError::Create(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` was just returned by memfd_create, is open and owned by nobody else.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.set_len(size).map_err(|e| MemfdError::Size(size, e))?;
+        // SAFETY: fcntl(F_ADD_SEALS) on an fd we own, with an integer argument; no memory is
+        // passed to the kernel.
+        let rc = unsafe {
+            libc::fcntl(
+                file.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                F_SEAL_SHRINK | F_SEAL_GROW,
+            )
+        };
+        if rc < 0 {
+            return Err(MemfdError::Seal(std::io::Error::last_os_error()));
+        }
+        Ok(Memfd { file, size })
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Writes `data` at `offset`; the range must lie inside the memfd.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), MemfdError> {
+        let end = offset.checked_add(data.len() as u64);
+        if end.is_none_or(|e| e > self.size) {
+            return Err(MemfdError::Write(std::io::Error::from(
+                std::io::ErrorKind::InvalidInput,
+            )));
+        }
+        self.file
+            .write_all_at(data, offset)
+            .map_err(MemfdError::Write)
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// The file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// A new fd for the same memory (for the compositor, or SHMEM_MAP).
+    pub fn try_clone_fd(&self) -> std::io::Result<OwnedFd> {
+        Ok(self.file.try_clone()?.into())
+    }
+}
+
+/// The seals set on `fd` (`F_GET_SEALS`), or an error if it is not a sealable memfd.
+pub fn seals(fd: &impl AsRawFd) -> std::io::Result<i32> {
+    // SAFETY: fcntl(F_GET_SEALS) takes no pointer argument; `fd` is borrowed and open.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memfd_new_is_sized_and_sealed() {
+        let m = Memfd::new("t", 8192).unwrap();
+        assert_eq!(m.file().metadata().unwrap().len(), 8192);
+        let s = seals(m.file()).unwrap();
+        assert_ne!(s & F_SEAL_SHRINK, 0);
+        assert_ne!(s & F_SEAL_GROW, 0);
+    }
+
+    #[test]
+    fn memfd_write_past_end_is_error() {
+        let m = Memfd::new("t", 16).unwrap();
+        assert!(m.write_at(10, &[0; 7]).is_err());
+        assert!(m.write_at(u64::MAX, &[0; 1]).is_err());
+        m.write_at(8, &[1; 8]).unwrap();
+    }
+}
