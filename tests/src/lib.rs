@@ -1,4 +1,198 @@
-//! End-to-end scenarios: each file in `tests/tests/` starts Crossway's binaries as separate
-//! processes and checks what they do from the outside.
+//! End-to-end scenarios: each file in `tests/tests/` is one scenario that starts real processes
+//! (Crossway's binaries, Debian's Wayland clients, our test clients) over real sockets and
+//! checks what they did from the outside. This library holds what the scenarios share.
+//!
+//! A scenario that needs a program the machine lacks prints a line starting with `SKIP:` and
+//! the reason, then returns; `scripts/test` counts those lines as skipped, not passed.
 
 #![forbid(unsafe_code)]
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use crossway_proxy::headless::{Headless, HeadlessConfig, SocketSpec};
+
+/// A private `XDG_RUNTIME_DIR` (mode 0700, as libwayland wants), removed on drop.
+#[derive(Debug)]
+pub struct Runtime {
+    dir: tempfile::TempDir,
+}
+
+impl Runtime {
+    /// A fresh runtime directory.
+    pub fn new() -> Result<Runtime> {
+        let dir = tempfile::Builder::new()
+            .prefix("crossway-test-")
+            .tempdir()?;
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
+        Ok(Runtime { dir })
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A headless compositor listening in this directory on `name`, with default settings.
+    pub fn headless(&self, name: &str) -> Result<Headless> {
+        self.headless_with(name, |_| {})
+    }
+
+    /// A headless compositor with settings changed by `configure`.
+    pub fn headless_with(
+        &self,
+        name: &str,
+        configure: impl FnOnce(&mut HeadlessConfig),
+    ) -> Result<Headless> {
+        let mut config = HeadlessConfig::new(SocketSpec::Path(self.path().join(name)));
+        configure(&mut config);
+        Headless::start(config)
+    }
+
+    /// A command for a Wayland client of the compositor at `socket`.
+    pub fn client(&self, program: impl AsRef<std::ffi::OsStr>, socket: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("XDG_RUNTIME_DIR", self.path())
+            .env("WAYLAND_DISPLAY", socket)
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+#[derive(Debug)]
+pub struct Process {
+    child: Option<Child>,
+    name: String,
+}
+
+impl Process {
+    /// Starts `cmd` with stdout and stderr captured.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Result<Process> {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Process {
+            child: Some(child),
+            name: name.into(),
+        })
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills it and returns what it printed (stdout, stderr).
+    pub fn finish(mut self) -> (String, String) {
+        let Some(mut child) = self.child.take() else {
+            return Default::default();
+        };
+        let _ = child.kill();
+        match child.wait_with_output() {
+            Ok(out) => (
+                String::from_utf8_lossy(&out.stdout).into(),
+                String::from_utf8_lossy(&out.stderr).into(),
+            ),
+            Err(_) => Default::default(),
+        }
+    }
+
+    /// Waits up to `timeout` for it to exit by itself; returns its exit code and output.
+    pub fn wait(mut self, timeout: Duration) -> Result<(Option<i32>, String, String)> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().context("already finished")?;
+        loop {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let name = self.name.clone();
+                let (out, err) = self.finish();
+                bail!("{name} still running after {timeout:?}\nstdout:\n{out}\nstderr:\n{err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let child = self.child.take().context("already finished")?;
+        let out = child.wait_with_output()?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        ))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The path of `program` on `PATH`, or a loud `SKIP:` line naming the Debian package that
+/// provides it and `None`.
+pub fn require(test: &str, program: &str, package: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        // Straight to the process's stderr: the test harness captures print macros, and this
+        // line must reach the log that scripts/test counts skips from.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: {test}: {program} is not installed (Debian package {package}; scripts/deps test installs it)"
+        );
+    }
+    found
+}
+
+/// The path of one of this workspace's binaries, freshly built for the current profile.
+///
+/// `cargo test --workspace` has already built it; running one scenario alone would otherwise
+/// pick up a stale binary, so cargo is asked once per test process (a no-op when up to date).
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target dir")?;
+    let path = profile_dir.join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
+        // Every binary of this workspace is named after its package.
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", name, "--bin", name])
+            .args(if profile_dir.ends_with("release") {
+                &["--release"][..]
+            } else {
+                &[]
+            })
+            .status()?;
+        if !status.success() {
+            bail!("could not build {name}");
+        }
+        built.push(name.to_owned());
+    }
+    if !path.is_file() {
+        bail!("{} was not built", path.display());
+    }
+    Ok(path)
+}
