@@ -414,6 +414,7 @@ impl Drop for Headless {
 
 /// Everything the loop owns besides the protocol state.
 struct Backend {
+    refresh: Duration,
     renderer: PixmanRenderer,
     target: pixman::Image<'static, 'static>,
     tracker: OutputDamageTracker,
@@ -477,6 +478,7 @@ fn run_compositor(
         let state = State {
             display: dh.clone(),
             start: Instant::now(),
+            clock: smithay::utils::Clock::new(),
             compositor: CompositorState::new_v6::<State>(&dh),
             xdg_shell: XdgShellState::new::<State>(&dh),
             shm: ShmState::new::<State>(&dh, dmabuf::extra_shm_formats()),
@@ -505,11 +507,13 @@ fn run_compositor(
         let mut renderer = PixmanRenderer::new()?;
         let target = renderer.create_buffer(Fourcc::Argb8888, (w, h).into())?;
         let tracker = OutputDamageTracker::from_output(&state.output);
+        let refresh = Duration::from_nanos(1_000_000_000_000 / config.refresh_mhz as u64);
         Ok((
             event_loop,
             display,
             state,
             Backend {
+                refresh,
                 renderer,
                 target,
                 tracker,
@@ -615,7 +619,11 @@ fn frame(state: &mut State, backend: &mut Backend) {
         }
     };
     state::count_frame(&state.stats, damaged);
-    state::send_frames(state, state.start.elapsed());
+    let (frames, refresh) = (
+        state.stats.lock().map(|s| s.frames).unwrap_or_default(),
+        backend.refresh,
+    );
+    state::send_frames(state, state.start.elapsed(), refresh, frames);
     state.space.refresh();
     state.popups.cleanup();
 }

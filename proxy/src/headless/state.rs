@@ -8,7 +8,11 @@ use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::allocator::{Buffer as _, Fourcc};
 use smithay::backend::renderer::element::memory::MemoryRenderBuffer;
 use smithay::backend::renderer::utils::{RendererSurfaceStateUserData, on_commit_buffer_handler};
+use smithay::desktop::utils::OutputPresentationFeedback;
 use smithay::desktop::{PopupKind, PopupManager, Space, Window};
+use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
+use smithay::utils::{Clock, Monotonic};
+use smithay::wayland::presentation::Refresh;
 use smithay::input::{Seat, SeatHandler, SeatState};
 use smithay::output::Output;
 use smithay::reexports::wayland_protocols::xdg::decoration::zv1::server::zxdg_toplevel_decoration_v1::Mode as DecorationMode;
@@ -63,6 +67,8 @@ pub struct DmabufSurface(pub Mutex<Option<(ObjectId, MemoryRenderBuffer)>>);
 pub struct State {
     pub display: DisplayHandle,
     pub start: Instant,
+    /// The clock wp_presentation reports (CLOCK_MONOTONIC).
+    pub clock: Clock<Monotonic>,
     pub compositor: CompositorState,
     pub xdg_shell: XdgShellState,
     pub shm: ShmState,
@@ -455,8 +461,24 @@ pub fn window_rect(
 }
 
 /// Frame callbacks and presentation feedback for every mapped surface.
-pub fn send_frames(state: &mut State, now: Duration) {
+pub fn send_frames(state: &mut State, now: Duration, refresh: Duration, seq: u64) {
     let output = state.output.clone();
+    // Whatever was committed before this refresh was composed in it: tell wp_presentation
+    // clients so (a fixed-rate, vsync'd "display").
+    let mut presented = OutputPresentationFeedback::new(&output);
+    for window in state.space.elements() {
+        window.take_presentation_feedback(
+            &mut presented,
+            |_, _| Some(output.clone()),
+            |_, _| wp_presentation_feedback::Kind::Vsync,
+        );
+    }
+    presented.presented(
+        state.clock.now(),
+        Refresh::Fixed(refresh),
+        seq,
+        wp_presentation_feedback::Kind::Vsync,
+    );
     for window in state.space.elements() {
         window.send_frame(&output, now, Some(Duration::ZERO), |_, _| {
             Some(output.clone())

@@ -34,6 +34,7 @@ use wayland_protocols::wp::linux_dmabuf::zv1::client::{
     zwp_linux_buffer_params_v1 as params, zwp_linux_dmabuf_feedback_v1 as feedback,
     zwp_linux_dmabuf_v1 as dmabuf,
 };
+use wayland_protocols::wp::presentation_time::client::{wp_presentation, wp_presentation_feedback};
 use wayland_protocols::xdg::shell::client::{xdg_surface, xdg_toplevel, xdg_wm_base};
 
 /// XRGB8888.
@@ -88,6 +89,9 @@ struct Args {
     /// Animate this many frames, then exit (0: show one frame).
     #[arg(long, default_value_t = 0)]
     frames: u64,
+    /// Ask wp_presentation for feedback on every frame and report how many were presented.
+    #[arg(long)]
+    presentation: bool,
     /// Use create_immed instead of create + created.
     #[arg(long)]
     immed: bool,
@@ -123,6 +127,9 @@ struct State {
     shm: Option<wl_shm::WlShm>,
     busy: HashMap<ObjectId, bool>,
     frame_done: bool,
+    presentation: Option<wp_presentation::WpPresentation>,
+    presented: u64,
+    discarded: u64,
     wm_base: Option<xdg_wm_base::XdgWmBase>,
     dmabuf: Option<(dmabuf::ZwpLinuxDmabufV1, u32)>,
     table: Option<FormatTable>,
@@ -246,7 +253,17 @@ fn run(args: &Args) -> Result<(), String> {
     while state.configured.is_none() {
         dispatch(&mut queue, &mut state)?;
     }
+    if args.presentation && state.presentation.is_none() {
+        return Err("compositor lacks wp_presentation".into());
+    }
+    let feedback = args
+        .presentation
+        .then(|| state.presentation.clone())
+        .flatten();
     let present = |state: &mut State, buffer: &wl_buffer::WlBuffer| {
+        if let Some(presentation) = &feedback {
+            presentation.feedback(&surface, &qh, ());
+        }
         surface.attach(Some(buffer), 0, 0);
         surface.damage_buffer(0, 0, width as i32, height as i32);
         surface.frame(&qh, ());
@@ -276,6 +293,18 @@ fn run(args: &Args) -> Result<(), String> {
             };
             frame.draw(&next.1, n)?;
             present(&mut state, &next.0);
+        }
+        if args.presentation {
+            // The last frame's feedback arrives with the next refresh.
+            while state.presented + state.discarded < args.frames + 1
+                && start.elapsed() < Duration::from_secs(30)
+            {
+                dispatch(&mut queue, &mut state)?;
+            }
+            say(&format!(
+                "presented {} discarded {}",
+                state.presented, state.discarded
+            ));
         }
         let seconds = start.elapsed().as_secs_f64();
         say(&format!(
@@ -468,6 +497,7 @@ impl Dispatch<wl_registry::WlRegistry, ()> for State {
                 }
                 "xdg_wm_base" => state.wm_base = Some(registry.bind(name, 1, qh, ())),
                 "wl_shm" => state.shm = Some(registry.bind(name, 1, qh, ())),
+                "wp_presentation" => state.presentation = Some(registry.bind(name, 1, qh, ())),
                 "zwp_linux_dmabuf_v1" => {
                     let v = version.min(4);
                     state.dmabuf = Some((registry.bind(name, v, qh, ()), v));
@@ -621,6 +651,24 @@ impl Dispatch<xdg_toplevel::XdgToplevel, ()> for State {
 delegate_noop!(State: ignore wl_compositor::WlCompositor);
 delegate_noop!(State: ignore wl_surface::WlSurface);
 delegate_noop!(State: ignore wl_shm::WlShm);
+delegate_noop!(State: ignore wp_presentation::WpPresentation);
+
+impl Dispatch<wp_presentation_feedback::WpPresentationFeedback, ()> for State {
+    fn event(
+        state: &mut Self,
+        _: &wp_presentation_feedback::WpPresentationFeedback,
+        event: wp_presentation_feedback::Event,
+        _: &(),
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+        match event {
+            wp_presentation_feedback::Event::Presented { .. } => state.presented += 1,
+            wp_presentation_feedback::Event::Discarded => state.discarded += 1,
+            _ => {}
+        }
+    }
+}
 delegate_noop!(State: ignore wl_shm_pool::WlShmPool);
 
 impl Dispatch<wl_buffer::WlBuffer, ()> for State {
