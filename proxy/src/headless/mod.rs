@@ -574,12 +574,21 @@ fn run_compositor(
         .map_err(|e| anyhow!("{e}"))?;
 
     let interval = Duration::from_nanos(1_000_000_000_000 / config.refresh_mhz as u64);
+    // Refreshes on absolute deadlines, so the rate does not drift by the time each frame
+    // takes; a late frame is not made up for (the next deadline is the next one in the future).
+    let mut deadline = Instant::now() + interval;
     handle
         .insert_source(
-            Timer::from_duration(interval),
+            Timer::from_deadline(deadline),
             move |_, _, (state, backend)| {
                 frame(state, backend);
-                TimeoutAction::ToDuration(interval)
+                let now = Instant::now();
+                deadline += interval;
+                if deadline <= now {
+                    let behind = (now - deadline).as_nanos() / interval.as_nanos() + 1;
+                    deadline += interval * u32::try_from(behind).unwrap_or(u32::MAX);
+                }
+                TimeoutAction::ToInstant(deadline)
             },
         )
         .map_err(|e| anyhow!("{e}"))?;
