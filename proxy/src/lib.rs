@@ -112,9 +112,11 @@ fn demo(args: cli::DemoArgs) -> Result<()> {
     let report = format!(
         "crossway-proxy demo: the end-to-end demo is not built yet.\n\
          Built so far: the wire contracts (Wayland codec over {} interfaces, object maps,\n\
-         cross-domain commands, dmabuf format tables, the Crossway capset).\n\
-         Still to come: the headless compositor, the virtio-gpu device, the loopback VM,\n\
-         the relay and the guest agent. Nothing was written to {}.\n",
+         cross-domain commands, dmabuf format tables, the Crossway capset), the headless\n\
+         compositor (try: crossway-proxy headless --help) and the virtio-gpu vhost-user device\n\
+         (crossway-proxy serve --help).\n\
+         Still to come: the loopback VM, the cross-domain relay and the guest agent.\n\
+         Nothing was written to {}.\n",
         table.len(),
         args.out.display()
     );
