@@ -686,7 +686,12 @@ impl GpuDevice {
         if w == 0 || h == 0 {
             return Err(VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER);
         }
-        let size = u64::from(w) * u64::from(h) * u64::from(bpp);
+        // Found by fuzzing: u32::MAX x u32::MAX x 4 overflows u64, and a wrapped size would
+        // leave a host copy smaller than the transfers the width and height allow.
+        let size = u64::from(w)
+            .checked_mul(u64::from(h))
+            .and_then(|v| v.checked_mul(u64::from(bpp)))
+            .ok_or(VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY)?;
         self.admit(id, size)?;
         let host = usize::try_from(size)
             .ok()

@@ -1127,6 +1127,18 @@ fn device_assign_uuid_is_stable_per_resource() {
 }
 
 #[test]
+fn create_2d_size_overflowing_u64_is_refused() {
+    // Found by the virtio_gpu_commands fuzz target: the size used to overflow.
+    let mem = guest();
+    let mut rig = Rig::with_config(&mem, config());
+    assert_eq!(
+        rig.cmd_type(&create_2d(1, u32::MAX, u32::MAX)),
+        VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY
+    );
+    assert_eq!(rig.cmd_type(&create_2d(1, 16, 16)), OK);
+}
+
+#[test]
 fn device_limits_are_enforced_and_counted() {
     let mem = guest();
     let mut c = config();
