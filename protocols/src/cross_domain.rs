@@ -804,58 +804,44 @@ pub fn decode_command(buf: &[u8]) -> Result<(Command<'_>, usize), CrossDomainErr
 
 fn decode_init(bytes: &[u8], cmd_size: u16) -> Result<Command<'_>, CrossDomainError> {
     // Dispatch on cmd_size, as upstream does; libkrun's prefix guessing misreads batches.
-    let command = match usize::from(cmd_size) {
-        16 => {
-            let (c, _) = CrossDomainInitLegacy::read_from_prefix(bytes)
-                .map_err(|_| CrossDomainError::InitSize(cmd_size))?;
-            Command::Init {
-                variant: InitVariant::Legacy,
-                query_ring_id: c.query_ring_id.get(),
-                channel_ring_id: c.query_ring_id.get(),
-                channel_type: c.channel_type.get(),
-                protocol_version: None,
-                internal_socket_uuid: None,
-            }
-        }
-        20 => {
-            let (c, _) = CrossDomainInit::read_from_prefix(bytes)
-                .map_err(|_| CrossDomainError::InitSize(cmd_size))?;
-            Command::Init {
-                variant: InitVariant::V0,
-                query_ring_id: c.query_ring_id.get(),
-                channel_ring_id: c.channel_ring_id.get(),
-                channel_type: c.channel_type.get(),
-                protocol_version: None,
-                internal_socket_uuid: None,
-            }
-        }
+    let bad = || CrossDomainError::InitSize(cmd_size);
+    if cmd_size == 16 {
+        let (c, _) = CrossDomainInitLegacy::read_from_prefix(bytes).map_err(|_| bad())?;
+        return Ok(Command::Init {
+            variant: InitVariant::Legacy,
+            query_ring_id: c.query_ring_id.get(),
+            channel_ring_id: c.query_ring_id.get(),
+            channel_type: c.channel_type.get(),
+            protocol_version: None,
+            internal_socket_uuid: None,
+        });
+    }
+    // The other layouts are the 20-byte one plus one trailing field.
+    let (c, _) = CrossDomainInit::read_from_prefix(bytes).map_err(|_| bad())?;
+    let (variant, protocol_version, internal_socket_uuid) = match cmd_size {
+        20 => (InitVariant::V0, None, None),
         24 => {
-            let (c, _) = CrossDomainInitV1::read_from_prefix(bytes)
-                .map_err(|_| CrossDomainError::InitSize(cmd_size))?;
-            Command::Init {
-                variant: InitVariant::V1,
-                query_ring_id: c.query_ring_id.get(),
-                channel_ring_id: c.channel_ring_id.get(),
-                channel_type: c.channel_type.get(),
-                protocol_version: Some(c.protocol_version.get()),
-                internal_socket_uuid: None,
-            }
+            let (v1, _) = CrossDomainInitV1::read_from_prefix(bytes).map_err(|_| bad())?;
+            (InitVariant::V1, Some(v1.protocol_version.get()), None)
         }
         36 => {
-            let (c, _) = CrossDomainInitV2::read_from_prefix(bytes)
-                .map_err(|_| CrossDomainError::InitSize(cmd_size))?;
-            Command::Init {
-                variant: InitVariant::V2,
-                query_ring_id: c.query_ring_id.get(),
-                channel_ring_id: c.channel_ring_id.get(),
-                channel_type: c.channel_type.get(),
-                protocol_version: None,
-                internal_socket_uuid: Some(u128::from_le_bytes(c.internal_socket_uuid)),
-            }
+            let (v2, _) = CrossDomainInitV2::read_from_prefix(bytes).map_err(|_| bad())?;
+            (
+                InitVariant::V2,
+                None,
+                Some(u128::from_le_bytes(v2.internal_socket_uuid)),
+            )
         }
         _ => return Err(CrossDomainError::InitSize(cmd_size)),
     };
-    Ok(command)
+    Ok(Command::Init {
+        variant,
+        query_ring_id: c.query_ring_id.get(),
+        channel_ring_id: c.channel_ring_id.get(),
+        channel_type: c.channel_type.get(),
+        protocol_version,
+        internal_socket_uuid,
+    })
 }
 
 /// Both layouts keep `opaque_data_size` at offset 12, so `cmd_size - opaque_data_size` tells
