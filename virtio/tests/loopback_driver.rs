@@ -402,3 +402,41 @@ fn loopback_context_init_after_bo_is_refused() {
     ]);
     assert!(bad.is_err());
 }
+
+/// Round trip of one `EXECBUFFER` on poll ring 1 plus its fence event through the loopback
+/// and the real backend. `CROSSWAY_RTT_N=10000 cargo test --release -p crossway-virtio --test
+/// loopback_driver rtt -- --nocapture` prints the figures the issue asks for; plain `cargo
+/// test` runs 200 as a smoke test.
+#[test]
+fn loopback_execbuffer_fence_rtt_reports_median_p99() {
+    let n: usize = std::env::var("CROSSWAY_RTT_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let s = setup("rtt");
+    let mut f = cross_domain_file(&s.vm);
+    let cmd = words(&[3, 0, 0]);
+    let mut times = Vec::with_capacity(n);
+    let mut b = [0u8; 8];
+    for _ in 0..n {
+        let t = Instant::now();
+        f.execbuffer(&drm_virtgpu_execbuffer {
+            flags: VIRTGPU_EXECBUF_RING_IDX,
+            command: &cmd,
+            bo_handles: &[],
+            ring_idx: 1,
+        })
+        .unwrap();
+        assert_eq!(rustix::io::read(f.event_fd(), &mut b).unwrap(), 8);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let median = times[n / 2];
+    let p99 = times[(n * 99 / 100).min(n - 1)];
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "loopback EXECBUFFER+fence event RTT over {n}: median {median:?}, p99 {p99:?}"
+    );
+    assert_eq!(DrmEvent::decode_all(&b).0, vec![DrmEvent::FENCE_SIGNALED]);
+}
