@@ -15,6 +15,7 @@
 //! - [`cross_domain`]: the virtio-gpu cross-domain context's structs and command decoder.
 //! - [`dmabuf`]: linux-dmabuf format tables, tranches and preference lists.
 //! - [`capset`]: the Crossway capset, the host's formats and features for the guest.
+//! - [`virtgpu`]: the guest's virtgpu DRM uAPI as a trait (real ioctls or the loopback VM).
 
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod cross_domain;
 pub mod dmabuf;
 pub mod objects;
 pub mod tables;
+pub mod virtgpu;
 pub mod wire;
 
 pub use drm_fourcc;

@@ -18,6 +18,7 @@ pub mod context;
 pub mod device;
 pub mod edid;
 pub mod fence;
+pub mod loopback;
 pub mod memfd;
 pub mod memory;
 pub mod protocol;

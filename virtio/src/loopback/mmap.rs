@@ -1,0 +1,187 @@
+//! CPU mappings of blobs for guest programs: a host blob's fd, or a guest blob's scattered
+//! pages of guest RAM stitched into one contiguous view (what the guest kernel's `mmap` of a
+//! shmem GEM object gives). This module holds the loopback's only `unsafe`.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crossway_protocols::virtgpu::{VirtGpuError, VirtGpuMapping};
+
+/// One piece of a mapping: `len` bytes of `fd` from `offset`.
+#[derive(Debug, Clone, Copy)]
+pub struct Piece<'a> {
+    /// The file (guest RAM memfd, or a host blob).
+    pub fd: BorrowedFd<'a>,
+    /// Offset in the file (page aligned).
+    pub offset: u64,
+    /// Bytes (page multiple).
+    pub len: usize,
+}
+
+/// A shared, read-write mapping; unmapped on drop.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; access goes through
+// `read_at`/`write_at`, which copy bytes, or through `as_ptr`, whose users take on the same
+// data-race rules as with any shared memory.
+unsafe impl Send for Mapping {}
+// SAFETY: see `Send`; no method hands out references into the mapping.
+unsafe impl Sync for Mapping {}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf takes no pointers.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(p).unwrap_or(4096)
+}
+
+impl Mapping {
+    /// Maps `pieces` one after another into a single contiguous range.
+    pub fn new(pieces: &[Piece<'_>]) -> Result<Mapping, VirtGpuError> {
+        let page = page_size();
+        let mut total = 0usize;
+        for p in pieces {
+            if p.len == 0 || p.len % page != 0 || p.offset % page as u64 != 0 {
+                return Err(VirtGpuError::InvalidArgument(
+                    "mapping piece not page aligned",
+                ));
+            }
+            total = total
+                .checked_add(p.len)
+                .ok_or(VirtGpuError::OutOfMemory("mapping size"))?;
+        }
+        if total == 0 {
+            return Err(VirtGpuError::InvalidArgument("empty mapping"));
+        }
+        // SAFETY: an anonymous PROT_NONE reservation at an address the kernel picks; nothing
+        // else refers to it. The result is checked before use.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(VirtGpuError::OutOfMemory("address space"));
+        }
+        let mapping = Mapping {
+            ptr: base.cast(),
+            len: total,
+        };
+        let mut at = 0usize;
+        for p in pieces {
+            let off = libc::off_t::try_from(p.offset)
+                .map_err(|_| VirtGpuError::InvalidArgument("offset"))?;
+            // SAFETY: `at + p.len <= total` (summed above), so the fixed address lies inside
+            // the reservation this function owns; MAP_FIXED replaces only that part of it. The
+            // fd is borrowed and open for the call.
+            let r = unsafe {
+                libc::mmap(
+                    mapping.ptr.add(at).cast(),
+                    p.len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    p.fd.as_raw_fd(),
+                    off,
+                )
+            };
+            if r == libc::MAP_FAILED {
+                return Err(VirtGpuError::Os(
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+                ));
+            }
+            at += p.len;
+        }
+        Ok(mapping)
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Result<(), VirtGpuError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(VirtGpuError::InvalidArgument("range outside the mapping")),
+        }
+    }
+}
+
+impl VirtGpuMapping for Mapping {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), VirtGpuError> {
+        self.check(offset, buf.len())?;
+        // SAFETY: `offset + buf.len() <= self.len` (checked), the range is mapped readable for
+        // the life of `self`, and `buf` is a distinct Rust allocation.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.add(offset), buf.as_mut_ptr(), buf.len());
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), VirtGpuError> {
+        self.check(offset, data.len())?;
+        // SAFETY: as in `read_at`; the range is mapped writable.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the reservation made in `new`, still mapped, and no
+        // reference into it outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memfd::Memfd;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn mapping_pieces_in_order_see_file_bytes() {
+        let m = Memfd::new("t", 4 * 4096).unwrap();
+        m.write_at(3 * 4096, b"three").unwrap();
+        m.write_at(4096, b"one").unwrap();
+        let fd = m.file().as_fd();
+        let map = Mapping::new(&[
+            Piece {
+                fd,
+                offset: 3 * 4096,
+                len: 4096,
+            },
+            Piece {
+                fd,
+                offset: 4096,
+                len: 4096,
+            },
+        ])
+        .unwrap();
+        let mut b = [0u8; 5];
+        map.read_at(0, &mut b).unwrap();
+        assert_eq!(&b, b"three");
+        map.read_at(4096, &mut b[..3]).unwrap();
+        assert_eq!(&b[..3], b"one");
+        map.write_at(4096 + 10, b"xy").unwrap();
+        let mut f = [0u8; 2];
+        m.read_at(4096 + 10, &mut f).unwrap();
+        assert_eq!(&f, b"xy");
+        assert!(map.read_at(8190, &mut b).is_err());
+    }
+}
