@@ -280,9 +280,120 @@ pub trait VirtGpu {
     fn event_fd(&self) -> BorrowedFd<'_>;
 }
 
+/// Environment variable naming the virtgpu device a guest program (the agent) should open.
+pub const CROSSWAY_VIRTGPU_ENV: &str = "CROSSWAY_VIRTGPU";
+/// Prefix of a loopback address in [`CROSSWAY_VIRTGPU_ENV`].
+pub const LOOPBACK_ADDRESS_PREFIX: &str = "loopback:";
+
+/// Where the virtgpu device is: the value of `CROSSWAY_VIRTGPU`.
+///
+/// - `loopback:/abs/path/to/socket`: the loopback VM's socket (`crossway-proxy vm` sets this);
+/// - `/dev/dri/renderD128` (any absolute path without a prefix): a real render node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VirtGpuAddress {
+    /// The Unix socket of a loopback VM (`crossway_virtio::loopback::LoopbackClient`).
+    Loopback(std::path::PathBuf),
+    /// A DRM render node opened with real ioctls.
+    RenderNode(std::path::PathBuf),
+}
+
+/// Why a `CROSSWAY_VIRTGPU` value was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VirtGpuAddressError {
+    /// Nothing given.
+    #[error("empty device address")]
+    Empty,
+    /// A path that is not absolute (the agent may run in another working directory).
+    #[error("device path {0:?} is not absolute")]
+    NotAbsolute(String),
+}
+
+impl VirtGpuAddress {
+    /// Parses a `CROSSWAY_VIRTGPU` value.
+    pub fn from_env_value(value: &str) -> Result<VirtGpuAddress, VirtGpuAddressError> {
+        let (path, loopback) = match value.strip_prefix(LOOPBACK_ADDRESS_PREFIX) {
+            Some(p) => (p, true),
+            None => (value, false),
+        };
+        if path.is_empty() {
+            return Err(VirtGpuAddressError::Empty);
+        }
+        let path = std::path::PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(VirtGpuAddressError::NotAbsolute(value.to_owned()));
+        }
+        Ok(if loopback {
+            VirtGpuAddress::Loopback(path)
+        } else {
+            VirtGpuAddress::RenderNode(path)
+        })
+    }
+
+    /// The value to put in `CROSSWAY_VIRTGPU` (inverse of [`VirtGpuAddress::from_env_value`]).
+    pub fn to_env_value(&self) -> std::ffi::OsString {
+        match self {
+            VirtGpuAddress::Loopback(p) => {
+                let mut v = std::ffi::OsString::from(LOOPBACK_ADDRESS_PREFIX);
+                v.push(p);
+                v
+            }
+            VirtGpuAddress::RenderNode(p) => p.clone().into_os_string(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtgpu_address_loopback_prefix_parses_socket_path() {
+        assert_eq!(
+            VirtGpuAddress::from_env_value("loopback:/run/user/1000/crossway/virtgpu.sock"),
+            Ok(VirtGpuAddress::Loopback(
+                "/run/user/1000/crossway/virtgpu.sock".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn virtgpu_address_bare_absolute_path_is_render_node() {
+        assert_eq!(
+            VirtGpuAddress::from_env_value("/dev/dri/renderD128"),
+            Ok(VirtGpuAddress::RenderNode("/dev/dri/renderD128".into()))
+        );
+    }
+
+    #[test]
+    fn virtgpu_address_empty_or_relative_is_rejected() {
+        assert_eq!(
+            VirtGpuAddress::from_env_value(""),
+            Err(VirtGpuAddressError::Empty)
+        );
+        assert_eq!(
+            VirtGpuAddress::from_env_value("loopback:"),
+            Err(VirtGpuAddressError::Empty)
+        );
+        assert!(matches!(
+            VirtGpuAddress::from_env_value("loopback:relative.sock"),
+            Err(VirtGpuAddressError::NotAbsolute(_))
+        ));
+        assert!(matches!(
+            VirtGpuAddress::from_env_value("renderD128"),
+            Err(VirtGpuAddressError::NotAbsolute(_))
+        ));
+    }
+
+    #[test]
+    fn virtgpu_address_to_env_value_roundtrips() {
+        for a in [
+            VirtGpuAddress::Loopback("/tmp/x/virtgpu.sock".into()),
+            VirtGpuAddress::RenderNode("/dev/dri/renderD129".into()),
+        ] {
+            let v = a.to_env_value();
+            assert_eq!(VirtGpuAddress::from_env_value(v.to_str().unwrap()), Ok(a));
+        }
+    }
 
     #[test]
     fn drm_event_fence_signaled_encodes_kernel_bytes() {
