@@ -25,7 +25,10 @@ use crossway_virtio::context::{
 };
 use crossway_virtio::device::DeviceConfig;
 use crossway_virtio::fence::FenceSignaler;
-use crossway_virtio::loopback::{LoopbackConfig, LoopbackFile, LoopbackVm};
+use crossway_virtio::loopback::wire::{self, Request, Writer};
+use crossway_virtio::loopback::{
+    LoopbackClient, LoopbackConfig, LoopbackFile, LoopbackServer, LoopbackVm, ServerConfig,
+};
 use crossway_virtio::memfd::Memfd;
 
 struct TestContext {
@@ -154,6 +157,11 @@ fn setup(name: &str) -> Setup {
 
 fn cross_domain_file(vm: &LoopbackVm) -> LoopbackFile {
     let mut f = vm.open().unwrap();
+    cross_domain_init(&mut f);
+    f
+}
+
+fn cross_domain_init(f: &mut impl VirtGpu) {
     f.context_init(&[
         drm_virtgpu_context_set_param {
             param: VIRTGPU_CONTEXT_PARAM_CAPSET_ID,
@@ -169,14 +177,13 @@ fn cross_domain_file(vm: &LoopbackVm) -> LoopbackFile {
         },
     ])
     .unwrap();
-    f
 }
 
 fn words(ws: &[u32]) -> Vec<u8> {
     ws.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
-fn guest_blob(f: &mut LoopbackFile, size: u64) -> BlobHandles {
+fn guest_blob(f: &mut impl VirtGpu, size: u64) -> BlobHandles {
     f.resource_create_blob(&drm_virtgpu_resource_create_blob {
         blob_mem: VIRTGPU_BLOB_MEM_GUEST,
         blob_flags: VIRTGPU_BLOB_FLAG_USE_MAPPABLE | VIRTGPU_BLOB_FLAG_USE_SHAREABLE,
@@ -186,7 +193,7 @@ fn guest_blob(f: &mut LoopbackFile, size: u64) -> BlobHandles {
     .unwrap()
 }
 
-fn read_events(f: &LoopbackFile, timeout: Duration) -> Vec<DrmEvent> {
+fn read_events(f: &impl VirtGpu, timeout: Duration) -> Vec<DrmEvent> {
     let efd = f.event_fd();
     let mut fds = [rustix::event::PollFd::new(
         &efd,
@@ -439,4 +446,256 @@ fn loopback_execbuffer_fence_rtt_reports_median_p99() {
         "loopback EXECBUFFER+fence event RTT over {n}: median {median:?}, p99 {p99:?}"
     );
     assert_eq!(DrmEvent::decode_all(&b).0, vec![DrmEvent::FENCE_SIGNALED]);
+}
+
+// --- The Unix-socket server and LoopbackClient (a guest program in another process) ---
+
+fn socket_server(s: &Setup, name: &str, config: ServerConfig) -> (LoopbackServer, PathBuf) {
+    let path = s._dir.join(format!("{name}.sock"));
+    let server = LoopbackServer::bind(s.vm.clone(), &path, config).unwrap();
+    (server, path)
+}
+
+/// A raw connection past the hello, for sending frames a client never would.
+fn raw(path: &std::path::Path) -> std::os::unix::net::UnixStream {
+    let c = std::os::unix::net::UnixStream::connect(path).unwrap();
+    let hello = wire::recv_frame(c.as_fd(), 4096).unwrap();
+    assert_eq!(hello.fds.len(), 1, "event fd with the hello");
+    wire::decode_hello(&hello.body).unwrap().unwrap();
+    c
+}
+
+fn raw_call(c: &std::os::unix::net::UnixStream, body: &[u8]) -> Vec<u8> {
+    wire::send(c, body, None).unwrap();
+    wire::recv_frame(c.as_fd(), 1 << 20).unwrap().body
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "condition never held");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn socket_two_concurrent_clients_have_own_contexts_and_share_by_prime() {
+    let s = setup("sock-two");
+    let (server, path) = socket_server(&s, "two", ServerConfig::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p2 = path.clone();
+    let other = std::thread::spawn(move || {
+        let mut b = LoopbackClient::connect(&p2).unwrap();
+        cross_domain_init(&mut b);
+        let own = guest_blob(&mut b, 4096);
+        assert_eq!(own.bo_handle, 1, "handles are per connection");
+        let fd: OwnedFd = rx.recv().unwrap();
+        let h = b.prime_fd_to_handle(fd.as_fd()).unwrap();
+        assert_ne!(h, own.bo_handle);
+        let m = b.map(h).unwrap();
+        let mut got = [0u8; 5];
+        m.read_at(70_000, &mut got).unwrap();
+        assert_eq!(&got, b"hello");
+        b.resource_info(h).unwrap().res_handle
+    });
+    let mut a = LoopbackClient::connect(&path).unwrap();
+    cross_domain_init(&mut a);
+    assert_eq!(
+        a.context_init(&[]),
+        Err(VirtGpuError::Os(libc::EEXIST)),
+        "one context per connection"
+    );
+    let blob = guest_blob(&mut a, 128 * 1024);
+    assert_eq!(blob.bo_handle, 1);
+    let m = a.map(blob.bo_handle).unwrap();
+    assert_eq!(m.len(), 128 * 1024);
+    m.write_at(70_000, b"hello").unwrap();
+    tx.send(a.prime_handle_to_fd(blob.bo_handle).unwrap())
+        .unwrap();
+    assert_eq!(other.join().unwrap(), blob.res_handle);
+    wait_until(|| server.active_connections() == 1);
+    drop(a);
+    wait_until(|| server.active_connections() == 0);
+}
+
+#[test]
+fn socket_client_events_and_host_blob_match_in_process_file() {
+    let s = setup("sock-events");
+    let (_server, path) = socket_server(&s, "events", ServerConfig::default());
+    let mut c = LoopbackClient::connect(&path).unwrap();
+    cross_domain_init(&mut c);
+    // op 2 holds the fence on poll ring 1, op 3 signals it: one event on the passed fd.
+    let ring = |c: &mut LoopbackClient, op: u32| {
+        c.execbuffer(&drm_virtgpu_execbuffer {
+            flags: VIRTGPU_EXECBUF_RING_IDX,
+            command: &words(&[op, 0, 0]),
+            bo_handles: &[],
+            ring_idx: 1,
+        })
+        .unwrap();
+    };
+    ring(&mut c, 2);
+    assert!(read_events(&c, Duration::from_millis(50)).is_empty());
+    ring(&mut c, 3);
+    let mut evs = read_events(&c, Duration::from_secs(5));
+    if evs.len() < 2 {
+        evs.extend(read_events(&c, Duration::from_secs(5)));
+    }
+    assert_eq!(evs, vec![DrmEvent::FENCE_SIGNALED; 2]);
+    // A host blob maps through the fd the backend sent with SHMEM_MAP.
+    let h = c
+        .resource_create_blob(&drm_virtgpu_resource_create_blob {
+            blob_mem: VIRTGPU_BLOB_MEM_HOST3D,
+            blob_flags: VIRTGPU_BLOB_FLAG_USE_MAPPABLE,
+            size: 4096,
+            blob_id: 7,
+            ..Default::default()
+        })
+        .unwrap();
+    let m = c.map(h.bo_handle).unwrap();
+    let mut got = [0u8; 11];
+    m.read_at(0, &mut got).unwrap();
+    assert_eq!(&got, b"host blob 7");
+    assert_eq!(c.gem_close(h.bo_handle), Ok(()));
+    assert_eq!(
+        c.gem_close(h.bo_handle),
+        Err(VirtGpuError::NoSuchHandle(h.bo_handle))
+    );
+}
+
+#[test]
+fn socket_malformed_request_gets_error_reply_and_connection_lives() {
+    let s = setup("sock-malformed");
+    let (_server, path) = socket_server(&s, "malformed", ServerConfig::default());
+    let c = raw(&path);
+    let refused = |body: &[u8]| {
+        let mut w = Writer::default();
+        w.u32(wire::STATUS_ERR);
+        wire::encode_error(&mut w, &VirtGpuError::InvalidArgument("malformed request"));
+        assert_eq!(body, &w.0[..]);
+    };
+    refused(&raw_call(&c, &[]));
+    refused(&raw_call(&c, &[0xff; 7]));
+    refused(&raw_call(&c, &99u32.to_le_bytes()));
+    let mut long = Request::GetParam { param: 1 }.encode();
+    long.push(0);
+    refused(&raw_call(&c, &long));
+    let mut huge_count = Writer::default();
+    huge_count
+        .u32(wire::op::EXECBUFFER)
+        .u32(0)
+        .u32(0)
+        .u32(u32::MAX);
+    refused(&raw_call(&c, &huge_count.0));
+    // A descriptor where none belongs is refused too, and closed.
+    let m = Memfd::new("stray", 4096).unwrap();
+    wire::send(
+        &c,
+        &Request::GetParam { param: 1 }.encode(),
+        Some(m.file().as_fd()),
+    )
+    .unwrap();
+    let r = wire::recv_frame(c.as_fd(), 1 << 20).unwrap();
+    assert_eq!(r.body[..4], wire::STATUS_ERR.to_le_bytes());
+    // Still served.
+    let ok = raw_call(&c, &Request::GetParam { param: 1 }.encode());
+    assert_eq!(ok, [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn socket_oversize_frame_closes_that_connection_only() {
+    let s = setup("sock-oversize");
+    let config = ServerConfig {
+        max_message: 1024,
+        ..ServerConfig::default()
+    };
+    let (server, path) = socket_server(&s, "oversize", config);
+    let mut good = LoopbackClient::connect(&path).unwrap();
+    let c = raw(&path);
+    let mut frame = 1025u32.to_le_bytes().to_vec();
+    frame.extend_from_slice(&[0; 64]);
+    std::io::Write::write_all(&mut &c, &frame).unwrap();
+    // Closed with our unread bytes in its buffer: EOF or ECONNRESET.
+    match wire::recv_frame(c.as_fd(), 1 << 20) {
+        Err(wire::WireError::Closed) => {}
+        Err(wire::WireError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the connection closed, got {other:?}"),
+    }
+    wait_until(|| server.active_connections() == 1);
+    // The client refuses to send what the server would close over, and stays usable.
+    cross_domain_init(&mut good);
+    let big = vec![0u8; 2000];
+    assert!(matches!(
+        good.execbuffer(&drm_virtgpu_execbuffer {
+            flags: 0,
+            command: &big,
+            bo_handles: &[],
+            ring_idx: 0,
+        }),
+        Err(VirtGpuError::InvalidArgument(_))
+    ));
+    assert_eq!(good.get_param(VIRTGPU_PARAM_RESOURCE_BLOB), Ok(1));
+}
+
+#[test]
+fn socket_client_gone_mid_call_frees_its_file_and_server_goes_on() {
+    let s = setup("sock-gone");
+    let (server, path) = socket_server(&s, "gone", ServerConfig::default());
+    {
+        // Half a frame, then gone.
+        let c = raw(&path);
+        let body = Request::GetParam { param: 1 }.encode();
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body[..3]);
+        std::io::Write::write_all(&mut &c, &frame).unwrap();
+    }
+    {
+        // A whole request whose answer nobody reads; its context and blob are released.
+        let mut c = LoopbackClient::connect(&path).unwrap();
+        cross_domain_init(&mut c);
+        guest_blob(&mut c, 1 << 20);
+        let c = raw(&path);
+        wire::send(&c, &Request::GetParam { param: 1 }.encode(), None).unwrap();
+    }
+    wait_until(|| server.active_connections() == 0);
+    let mut c = LoopbackClient::connect(&path).unwrap();
+    cross_domain_init(&mut c);
+    assert_eq!(c.get_param(VIRTGPU_PARAM_CONTEXT_INIT), Ok(1));
+}
+
+#[test]
+fn socket_connection_limit_refuses_extra_client_with_error() {
+    let s = setup("sock-limit");
+    let config = ServerConfig {
+        max_connections: 2,
+        ..ServerConfig::default()
+    };
+    let (server, path) = socket_server(&s, "limit", config);
+    let a = LoopbackClient::connect(&path).unwrap();
+    let _b = LoopbackClient::connect(&path).unwrap();
+    assert_eq!(
+        LoopbackClient::connect(&path).unwrap_err(),
+        VirtGpuError::OutOfMemory("max_connections")
+    );
+    drop(a);
+    wait_until(|| server.active_connections() == 1);
+    LoopbackClient::connect(&path).unwrap();
+}
+
+#[test]
+fn socket_server_dropped_client_sees_device_lost() {
+    let s = setup("sock-drop");
+    let (server, path) = socket_server(&s, "drop", ServerConfig::default());
+    let mut c = LoopbackClient::connect(&path).unwrap();
+    assert_eq!(c.get_param(VIRTGPU_PARAM_RESOURCE_BLOB), Ok(1));
+    drop(server);
+    assert!(!path.exists());
+    assert!(matches!(
+        c.get_param(VIRTGPU_PARAM_RESOURCE_BLOB),
+        Err(VirtGpuError::DeviceLost(_))
+    ));
+    assert!(matches!(
+        c.get_param(VIRTGPU_PARAM_RESOURCE_BLOB),
+        Err(VirtGpuError::DeviceLost(_))
+    ));
 }

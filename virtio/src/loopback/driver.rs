@@ -954,49 +954,13 @@ impl VirtGpu for LoopbackFile {
     }
 
     fn map(&mut self, bo_handle: u32) -> Result<Mapping, VirtGpuError> {
-        let bo = self.bo(bo_handle)?;
-        let st = lock(&self.vm.shared);
-        let r = st
-            .resources
-            .get(&bo.res)
-            .ok_or(VirtGpuError::NoSuchHandle(bo_handle))?;
-        if r.blob_mem == VIRTGPU_BLOB_MEM_GUEST {
-            let fd = st.vmm.ram_fd();
-            let mut pieces: Vec<Piece<'_>> = Vec::new();
-            for &p in &r.pages {
-                let off = st
-                    .vmm
-                    .file_offset(p)
-                    .ok_or(VirtGpuError::DeviceLost("page outside RAM".into()))?;
-                match pieces.last_mut() {
-                    Some(l) if l.offset + l.len as u64 == off => l.len += PAGE as usize,
-                    _ => pieces.push(Piece {
-                        fd,
-                        offset: off,
-                        len: PAGE as usize,
-                    }),
-                }
-            }
-            return Mapping::new(&pieces);
-        }
-        let w = r.window.ok_or(VirtGpuError::InvalidArgument(
-            "blob is not mapped in the window",
-        ))?;
-        let len = usize::try_from(r.size).map_err(|_| VirtGpuError::OutOfMemory("size"))?;
-        let entries = st
-            .vmm
-            .window
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let e = entries.get(&w).ok_or(VirtGpuError::DeviceLost(
-            "backend never sent SHMEM_MAP".into(),
-        ))?;
-        Mapping::new(&[Piece {
-            fd: e.fd.as_fd(),
-            offset: e.fd_offset,
-            len,
-        }])
+        self.with_pieces(bo_handle, |fd, pieces| {
+            let pieces: Vec<Piece<'_>> = pieces
+                .iter()
+                .map(|&(offset, len)| Piece { fd, offset, len })
+                .collect();
+            Mapping::new(&pieces)
+        })?
     }
 
     fn execbuffer(&mut self, eb: &drm_virtgpu_execbuffer<'_>) -> Result<(), VirtGpuError> {
@@ -1207,6 +1171,85 @@ impl LoopbackFile {
         if let Some(rr) = st.resources.get_mut(&res) {
             rr.window = Some(offset);
         }
-        Ok(())
+        drop(st);
+        // Without REPLY_ACK on the backend channel the backend does not wait for its
+        // SHMEM_MAP to be handled, so the MAP_BLOB answer can overtake it: wait here, as the
+        // guest cannot touch the blob before the VMM mapped it.
+        let deadline = Instant::now() + self.vm.shared.config.timeout;
+        loop {
+            let mapped = {
+                let st = lock(&self.vm.shared);
+                st.vmm
+                    .window
+                    .entries
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .contains_key(&offset)
+            };
+            if mapped {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(VirtGpuError::DeviceLost(
+                    "backend never sent SHMEM_MAP".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl LoopbackFile {
+    /// What `MAP` + `mmap` of `bo_handle` covers: the file behind the blob (guest-RAM memfd or
+    /// host blob fd, duplicated) and the `(offset, len)` pieces of it to map one after another.
+    /// This is what the socket server hands a guest program in another process.
+    pub fn map_pieces(&self, bo_handle: u32) -> Result<(OwnedFd, Vec<(u64, usize)>), VirtGpuError> {
+        self.with_pieces(bo_handle, |fd, pieces| {
+            fd.try_clone_to_owned()
+                .map(|fd| (fd, pieces.to_vec()))
+                .map_err(|e| VirtGpuError::Os(e.raw_os_error().unwrap_or(0)))
+        })?
+    }
+
+    fn with_pieces<R>(
+        &self,
+        bo_handle: u32,
+        f: impl FnOnce(BorrowedFd<'_>, &[(u64, usize)]) -> R,
+    ) -> Result<R, VirtGpuError> {
+        let bo = self.bo(bo_handle)?;
+        let st = lock(&self.vm.shared);
+        let r = st
+            .resources
+            .get(&bo.res)
+            .ok_or(VirtGpuError::NoSuchHandle(bo_handle))?;
+        if r.blob_mem == VIRTGPU_BLOB_MEM_GUEST {
+            let fd = st.vmm.ram_fd();
+            let mut pieces: Vec<(u64, usize)> = Vec::new();
+            for &p in &r.pages {
+                let off = st
+                    .vmm
+                    .file_offset(p)
+                    .ok_or(VirtGpuError::DeviceLost("page outside RAM".into()))?;
+                match pieces.last_mut() {
+                    Some(l) if l.0 + l.1 as u64 == off => l.1 += PAGE as usize,
+                    _ => pieces.push((off, PAGE as usize)),
+                }
+            }
+            return Ok(f(fd, &pieces));
+        }
+        let w = r.window.ok_or(VirtGpuError::InvalidArgument(
+            "blob is not mapped in the window",
+        ))?;
+        let len = usize::try_from(r.size).map_err(|_| VirtGpuError::OutOfMemory("size"))?;
+        let entries = st
+            .vmm
+            .window
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = entries.get(&w).ok_or(VirtGpuError::DeviceLost(
+            "backend never sent SHMEM_MAP".into(),
+        ))?;
+        Ok(f(e.fd.as_fd(), &[(e.fd_offset, len)]))
     }
 }

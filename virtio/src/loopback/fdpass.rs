@@ -1,5 +1,5 @@
 //! File descriptors lent by the vhost crate as raw numbers, made owned. (Descriptor passing
-//! over the loopback's socket uses rustix's safe `SCM_RIGHTS` API in `server.rs`.)
+//! over the loopback's socket uses rustix's safe `SCM_RIGHTS` API in `wire.rs`.)
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 

@@ -5,16 +5,24 @@
 //!  guest program ──VirtGpu trait──▶ driver (virtgpu ioctls) ──▶ frontend (vhost-user) ══▶ crossway-proxy serve
 //!                                     │ guest RAM: sealed memfd, regions with a hole ─────▶ SET_MEM_TABLE
 //!                                     └ events: pipe of drm_event records   ◀── SHMEM_MAP (window)
+//!  guest program in another process ──LoopbackClient──▶ socket ──▶ LoopbackServer ──▶ driver
 //! ```
 //!
 //! [`frontend`] is the VMM half, [`vring`] the driver's split rings, [`driver`] the ioctls
 //! ([`driver::LoopbackFile`] implements `crossway_protocols::virtgpu::VirtGpu`), [`mmap`] the
-//! blob mappings (the only `unsafe` besides [`fdpass`]).
+//! blob mappings (the only `unsafe` besides [`fdpass`]). [`server`] serves device files to
+//! other processes over a Unix socket ([`wire`] is its protocol), and [`client`] is their side
+//! ([`client::LoopbackClient`] implements `VirtGpu` too).
 
+pub mod client;
 pub mod driver;
 pub mod fdpass;
 pub mod frontend;
 pub mod mmap;
+pub mod server;
 pub mod vring;
+pub mod wire;
 
+pub use client::LoopbackClient;
 pub use driver::{LoopbackConfig, LoopbackFile, LoopbackVm};
+pub use server::{LoopbackServer, ServerConfig};
