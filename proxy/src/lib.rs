@@ -14,24 +14,28 @@
 pub mod cli;
 pub mod headless;
 pub mod serve;
+pub mod vm;
 
 use anyhow::Result;
 use crossway_protocols::tables::ProtocolTable;
 
 pub use cli::{Cli, Command};
 
-/// Runs one command.
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs one command; returns the process's exit code (`vm` passes on its guest program's).
+pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
     if cli.print_capabilities {
-        return serve::print_capabilities();
+        serve::print_capabilities()?;
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     match cli.command {
         Some(Command::Demo(args)) => demo(args),
         Some(Command::Serve(args)) => serve::serve(args),
         Some(Command::Headless(args)) => run_headless(args),
+        Some(Command::Vm(args)) => return vm::run(args).map(std::process::ExitCode::from),
         None if cli.vhost_user.has_endpoint() => serve::serve(cli.vhost_user),
         None => anyhow::bail!("no command given; see --help"),
     }
+    .map(|()| std::process::ExitCode::SUCCESS)
 }
 
 fn run_headless(args: cli::HeadlessArgs) -> Result<()> {

@@ -87,6 +87,11 @@ impl Process {
         })
     }
 
+    /// Its process id, until it is finished.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         self.child
