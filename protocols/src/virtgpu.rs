@@ -112,6 +112,24 @@ pub struct drm_virtgpu_context_set_param {
     pub value: u64,
 }
 
+/// The `CONTEXT_INIT` every cross-domain guest agent makes (sommelier, wayland-proxy-virtwl,
+/// ours; cross-domain.md §1.1 step 4): capset 5, a query ring and a channel ring, and fence
+/// events for the channel ring only.
+pub const CROSS_DOMAIN_CONTEXT_PARAMS: [drm_virtgpu_context_set_param; 3] = [
+    drm_virtgpu_context_set_param {
+        param: VIRTGPU_CONTEXT_PARAM_CAPSET_ID,
+        value: crate::cross_domain::CAPSET_CROSS_DOMAIN as u64,
+    },
+    drm_virtgpu_context_set_param {
+        param: VIRTGPU_CONTEXT_PARAM_NUM_RINGS,
+        value: 2,
+    },
+    drm_virtgpu_context_set_param {
+        param: VIRTGPU_CONTEXT_PARAM_POLL_RINGS_MASK,
+        value: 1 << crate::cross_domain::CROSS_DOMAIN_CHANNEL_RING,
+    },
+];
+
 /// `struct drm_virtgpu_resource_create_blob`, inputs; the outputs are [`BlobHandles`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct drm_virtgpu_resource_create_blob {
@@ -345,6 +363,16 @@ impl VirtGpuAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cross_domain_context_params_match_what_guest_agents_send() {
+        // cross-domain.md §1.1 step 4: CAPSET_ID(1)=5, NUM_RINGS(2)=2, POLL_RINGS_MASK(3)=1<<1.
+        let pairs: Vec<_> = CROSS_DOMAIN_CONTEXT_PARAMS
+            .iter()
+            .map(|p| (p.param, p.value))
+            .collect();
+        assert_eq!(pairs, [(1, 5), (2, 2), (3, 2)]);
+    }
 
     #[test]
     fn virtgpu_address_loopback_prefix_parses_socket_path() {

@@ -53,20 +53,7 @@ fn loopback_sommelier_sequence_against_serve_matches_expected_answers() -> anyho
     assert_eq!(word(0), 1, "version");
     assert_ne!(word(4) & (1 << 1), 0, "supported_channels has Wayland");
     // 4. CONTEXT_INIT{CAPSET_ID=5, NUM_RINGS=2, POLL_RINGS_MASK=1<<1}.
-    f.context_init(&[
-        drm_virtgpu_context_set_param {
-            param: VIRTGPU_CONTEXT_PARAM_CAPSET_ID,
-            value: 5,
-        },
-        drm_virtgpu_context_set_param {
-            param: VIRTGPU_CONTEXT_PARAM_NUM_RINGS,
-            value: 2,
-        },
-        drm_virtgpu_context_set_param {
-            param: VIRTGPU_CONTEXT_PARAM_POLL_RINGS_MASK,
-            value: 1 << 1,
-        },
-    ])?;
+    f.context_init(&CROSS_DOMAIN_CONTEXT_PARAMS)?;
     // 5. two one-page GUEST MAPPABLE rings, mapped.
     let mut rings = Vec::new();
     for _ in 0..2 {

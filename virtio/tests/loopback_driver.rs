@@ -162,21 +162,7 @@ fn cross_domain_file(vm: &LoopbackVm) -> LoopbackFile {
 }
 
 fn cross_domain_init(f: &mut impl VirtGpu) {
-    f.context_init(&[
-        drm_virtgpu_context_set_param {
-            param: VIRTGPU_CONTEXT_PARAM_CAPSET_ID,
-            value: 5,
-        },
-        drm_virtgpu_context_set_param {
-            param: VIRTGPU_CONTEXT_PARAM_NUM_RINGS,
-            value: 2,
-        },
-        drm_virtgpu_context_set_param {
-            param: VIRTGPU_CONTEXT_PARAM_POLL_RINGS_MASK,
-            value: 1 << 1,
-        },
-    ])
-    .unwrap();
+    f.context_init(&CROSS_DOMAIN_CONTEXT_PARAMS).unwrap();
 }
 
 fn words(ws: &[u32]) -> Vec<u8> {

@@ -73,20 +73,7 @@ fn probe() -> Result<()> {
     let crossway = CrosswayCaps::from_bytes(buf.get(..n).context("capset larger than buffer")?)?;
     say(&format!("caps {id} flags {:#x}", crossway.flags))?;
 
-    dev.context_init(&[
-        drm_virtgpu_context_set_param {
-            param: VIRTGPU_CONTEXT_PARAM_CAPSET_ID,
-            value: 5,
-        },
-        drm_virtgpu_context_set_param {
-            param: VIRTGPU_CONTEXT_PARAM_NUM_RINGS,
-            value: 2,
-        },
-        drm_virtgpu_context_set_param {
-            param: VIRTGPU_CONTEXT_PARAM_POLL_RINGS_MASK,
-            value: 1 << 1,
-        },
-    ])?;
+    dev.context_init(&CROSS_DOMAIN_CONTEXT_PARAMS)?;
     say("context_init ok")?;
 
     let mut rings = Vec::new();
