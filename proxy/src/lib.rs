@@ -12,7 +12,11 @@
 //! contracts in `crossway-protocols` exist, and `demo` says what is still missing.
 
 pub mod cli;
+pub mod cross_domain;
+pub mod filter;
 pub mod headless;
+pub mod host;
+pub mod relay;
 pub mod serve;
 pub mod vm;
 

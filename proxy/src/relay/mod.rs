@@ -1,0 +1,219 @@
+//! The Wayland relay engine: one [`Relay`] per guest client connection, shared by the
+//! cross-domain context (`crate::cross_domain`) and the socket front (`crossway-proxy filter`).
+//!
+//! The engine does no I/O. Its transport hands it what arrived from the guest (bytes, possibly
+//! a partial message, plus fds with what the transport knows of them) and what arrived from the
+//! host compositor (bytes plus fds), and collects what must go out in an [`Outgoing`]. It
+//! parses every message in both directions with the protocol tables and an object map, and
+//! enforces the [`policy::Policy`] on the host side of the VM boundary.
+//!
+//! Fds travel with the bytes of the message that carries them: every fd in an [`Outgoing`] is
+//! tagged with the byte offset of its message, so a transport that must split the stream
+//! (cross-domain RECEIVE carries at most 3744 bytes) sends each fd no later than its message.
+
+pub mod policy;
+pub mod stats;
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+pub use policy::{Policy, Tagging};
+pub use stats::{ClientStats, VmStats};
+
+/// How the guest's buffer memory reaches the host compositor; counted per buffer in the stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferPath {
+    /// A dmabuf over the guest's pages (udmabuf) or a host-allocated dmabuf: no copies.
+    DmabufZeroCopy,
+    /// A memfd the guest maps directly (a host blob): no copies.
+    ShmZeroCopy,
+    /// A host memfd the proxy refreshes from guest pages at each commit (no udmabuf).
+    Copy,
+}
+
+/// What a transport knows of an fd the guest sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestFdKind {
+    /// Memory (a dmabuf or memfd) of `size` bytes.
+    Memory {
+        /// Bytes the fd holds; plane layouts and shm pools are checked against it.
+        size: u64,
+        /// How it reaches the host.
+        path: BufferPath,
+        /// The virtio-gpu resource behind it (cross-domain), for [`SyncBuffers::sync`].
+        resource: Option<u32>,
+    },
+    /// A pipe end (clipboard, drag and drop).
+    Pipe,
+    /// Anything else (the socket front cannot always tell).
+    Other,
+}
+
+/// An fd from the guest, in the order the guest sent it.
+#[derive(Debug)]
+pub struct GuestFd {
+    /// The host fd.
+    pub fd: OwnedFd,
+    /// What it is.
+    pub kind: GuestFdKind,
+}
+
+/// Refreshes copy-path buffers from guest memory before a commit reaches the host.
+pub trait SyncBuffers {
+    /// Copies `ranges` (byte offset, length) of `resource` from guest pages into its host
+    /// memfd; returns the bytes copied.
+    fn sync(&mut self, resource: u32, ranges: &[(u64, u64)]) -> Result<u64, String>;
+}
+
+/// For transports whose buffers never need a refresh (the socket front).
+#[derive(Debug, Default)]
+pub struct NoSync;
+
+impl SyncBuffers for NoSync {
+    fn sync(&mut self, resource: u32, _ranges: &[(u64, u64)]) -> Result<u64, String> {
+        Err(format!(
+            "resource {resource} cannot be refreshed on this transport"
+        ))
+    }
+}
+
+/// What one call produced. Transports drain it after each call.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    /// Bytes for the host compositor.
+    pub to_host: Vec<u8>,
+    /// Fds for the host compositor, each with the offset in `to_host` of its message.
+    pub host_fds: Vec<(usize, OwnedFd)>,
+    /// Bytes for the guest client.
+    pub to_guest: Vec<u8>,
+    /// Fds for the guest, each with the offset in `to_guest` of its message.
+    pub guest_fds: Vec<(usize, OwnedFd)>,
+}
+
+impl Outgoing {
+    /// Nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.to_host.is_empty()
+            && self.host_fds.is_empty()
+            && self.to_guest.is_empty()
+            && self.guest_fds.is_empty()
+    }
+
+    /// Forgets what was sent.
+    pub fn clear(&mut self) {
+        self.to_host.clear();
+        self.host_fds.clear();
+        self.to_guest.clear();
+        self.guest_fds.clear();
+    }
+}
+
+/// Why a connection must end.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The guest client broke the protocol or the policy. A `wl_display.error` event for it is
+    /// already in [`Outgoing::to_guest`]: send that, then close this client (only this one).
+    #[error("guest client error: {0}")]
+    Guest(String),
+    /// The host compositor sent something the relay cannot follow: close this client.
+    #[error("host compositor error: {0}")]
+    Host(String),
+}
+
+/// Limits on one guest client connection; every one is configurable.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayLimits {
+    /// Live Wayland objects.
+    pub max_objects: usize,
+    /// Bytes of one incomplete message or fds held while waiting for the rest of a message.
+    pub max_pending_bytes: usize,
+    /// Fds received but not yet matched to a message.
+    pub max_pending_fds: usize,
+    /// Size of one `wl_shm` pool.
+    pub max_shm_pool_bytes: u64,
+    /// Bytes of a title or app id after tagging.
+    pub max_string_bytes: usize,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            max_objects: 16_384,
+            max_pending_bytes: 64 * 1024,
+            max_pending_fds: 64,
+            max_shm_pool_bytes: 512 << 20,
+            max_string_bytes: 1024,
+        }
+    }
+}
+
+/// What every relay of one proxy (one VM) shares.
+#[derive(Debug, Clone, Default)]
+pub struct RelayConfig {
+    /// Globals, versions, tagging.
+    pub policy: Policy,
+    /// Limits per client.
+    pub limits: RelayLimits,
+    /// The (format, modifier) pairs the host compositor imports, from its dmabuf feedback read
+    /// at start (see `crate::host::HostInfo`). `None`: unknown, so `zwp_linux_dmabuf_v1` is not
+    /// advertised to the guest.
+    pub host_formats: Option<Arc<crossway_protocols::dmabuf::PreferenceList>>,
+}
+
+/// One guest client's relay.
+#[derive(Debug)]
+pub struct Relay {
+    config: Arc<RelayConfig>,
+    stats: Arc<ClientStats>,
+}
+
+impl Relay {
+    /// A relay for a new guest client; `stats` is its entry in the VM's [`VmStats`].
+    pub fn new(config: Arc<RelayConfig>, stats: Arc<ClientStats>) -> Relay {
+        Relay { config, stats }
+    }
+
+    /// This client's counters.
+    pub fn stats(&self) -> &Arc<ClientStats> {
+        &self.stats
+    }
+
+    /// The shared configuration.
+    pub fn config(&self) -> &Arc<RelayConfig> {
+        &self.config
+    }
+
+    /// Guest → host: `bytes` continue the guest's stream (any split), `fds` follow the fds
+    /// already received, in order.
+    ///
+    /// Skeleton: forwards unchanged until the engine lands.
+    pub fn from_guest(
+        &mut self,
+        bytes: &[u8],
+        fds: Vec<GuestFd>,
+        _sync: &mut dyn SyncBuffers,
+        out: &mut Outgoing,
+    ) -> Result<(), RelayError> {
+        let at = out.to_host.len();
+        out.to_host.extend_from_slice(bytes);
+        out.host_fds.extend(fds.into_iter().map(|f| (at, f.fd)));
+        Ok(())
+    }
+
+    /// Host → guest: `bytes` continue the host's stream, `fds` follow in order.
+    ///
+    /// Skeleton: forwards unchanged until the engine lands.
+    pub fn from_host(
+        &mut self,
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+        out: &mut Outgoing,
+    ) -> Result<(), RelayError> {
+        let at = out.to_guest.len();
+        out.to_guest.extend_from_slice(bytes);
+        out.guest_fds.extend(fds.into_iter().map(|fd| (at, fd)));
+        Ok(())
+    }
+}
