@@ -18,6 +18,7 @@ pub mod headless;
 pub mod host;
 pub mod relay;
 pub mod serve;
+pub mod setup;
 pub mod vm;
 
 use anyhow::Result;
