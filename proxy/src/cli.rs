@@ -30,6 +30,9 @@ pub enum Command {
     Serve(crate::serve::ServeArgs),
     /// Run the embedded headless compositor, for any Wayland client to connect to.
     Headless(HeadlessArgs),
+    /// Relay Wayland clients on a socket to the host compositor through the policy
+    /// (for VMMs with a built-in cross-domain host: crosvm --wayland-sock, libkrun).
+    Filter(crate::filter::FilterArgs),
     /// Start a loopback VM against `serve` and run a guest program in it
     /// (it finds the device in $CROSSWAY_VIRTGPU).
     Vm(crate::vm::VmArgs),

@@ -36,6 +36,7 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Some(Command::Demo(args)) => demo(args),
         Some(Command::Serve(args)) => serve::serve(args),
         Some(Command::Headless(args)) => run_headless(args),
+        Some(Command::Filter(args)) => filter::run(args),
         Some(Command::Vm(args)) => return vm::run(args).map(std::process::ExitCode::from),
         None if cli.vhost_user.has_endpoint() => serve::serve(cli.vhost_user),
         None => anyhow::bail!("no command given; see --help"),

@@ -46,6 +46,7 @@ use smithay::wayland::dmabuf::DmabufState;
 use smithay::wayland::fractional_scale::FractionalScaleManagerState;
 use smithay::wayland::output::OutputManagerState;
 use smithay::wayland::presentation::PresentationState;
+use smithay::wayland::security_context::SecurityContextState;
 use smithay::wayland::selection::data_device::DataDeviceState;
 use smithay::wayland::selection::primary_selection::PrimarySelectionState;
 use smithay::wayland::shell::xdg::XdgShellState;
@@ -142,6 +143,9 @@ pub struct ToplevelInfo {
     pub rect: (i32, i32, i32, i32),
     /// Whether it has a buffer (is drawn).
     pub mapped: bool,
+    /// The app id of the security context its client connected through, if any
+    /// (`wp_security_context_v1`; the proxy sets it to the VM's name).
+    pub security_context_app_id: Option<String>,
 }
 
 /// Selects a toplevel by title or app_id (exact match; either may be left out).
@@ -413,7 +417,7 @@ impl Drop for Headless {
 }
 
 /// Everything the loop owns besides the protocol state.
-struct Backend {
+pub(crate) struct Backend {
     refresh: Duration,
     renderer: PixmanRenderer,
     target: pixman::Image<'static, 'static>,
@@ -477,6 +481,7 @@ fn run_compositor(
         space.map_output(&output, (0, 0));
         let state = State {
             display: dh.clone(),
+            loop_handle: event_loop.handle(),
             start: Instant::now(),
             clock: smithay::utils::Clock::new(),
             compositor: CompositorState::new_v6::<State>(&dh),
@@ -503,6 +508,12 @@ fn run_compositor(
         ViewporterState::new::<State>(&dh);
         FractionalScaleManagerState::new::<State>(&dh);
         PresentationState::new::<State>(&dh, rustix::time::ClockId::Monotonic as u32);
+        // Clients inside a security context must not nest another (the protocol's rule).
+        SecurityContextState::new::<State, _>(&dh, |client| {
+            client
+                .get_data::<ClientState>()
+                .is_none_or(|d| d.security_context.is_none())
+        });
 
         let mut renderer = PixmanRenderer::new()?;
         let target = renderer.create_buffer(Fourcc::Argb8888, (w, h).into())?;
@@ -698,10 +709,20 @@ fn toplevel_info(state: &State, window: &smithay::desktop::Window) -> ToplevelIn
                 .is_some_and(|d| d.lock().is_ok_and(|d| d.buffer().is_some()))
         })
     });
+    let security_context_app_id = window.toplevel().and_then(|t| {
+        state
+            .display
+            .get_client(smithay::reexports::wayland_server::Resource::id(
+                t.wl_surface(),
+            ))
+            .ok()
+            .and_then(|c| ClientState::security_context_app_id(&c))
+    });
     ToplevelInfo {
         title,
         app_id,
         rect,
         mapped,
+        security_context_app_id,
     }
 }

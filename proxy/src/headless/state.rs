@@ -39,7 +39,11 @@ use smithay::wayland::shell::xdg::{
     PopupSurface, PositionerState, ToplevelSurface, XdgShellHandler, XdgShellState,
     XdgToplevelSurfaceData,
 };
+use smithay::wayland::security_context::{
+    SecurityContext, SecurityContextHandler, SecurityContextListenerSource,
+};
 use smithay::wayland::shm::{ShmHandler, ShmState, with_buffer_contents};
+use smithay::reexports::calloop::LoopHandle;
 use tracing::{debug, warn};
 
 use super::dmabuf::{DmabufImport, import_dmabuf};
@@ -50,6 +54,18 @@ use super::{Placement, Stats};
 pub struct ClientState {
     /// smithay's per-client compositor state.
     pub compositor_state: CompositorClientState,
+    /// The security context the client connected through (`wp_security_context_v1`), if any.
+    pub security_context: Option<SecurityContext>,
+}
+
+impl ClientState {
+    /// The security context's app id of `client`, if it connected through one.
+    pub fn security_context_app_id(client: &Client) -> Option<String> {
+        client
+            .get_data::<ClientState>()
+            .and_then(|d| d.security_context.as_ref())
+            .and_then(|c| c.app_id.clone())
+    }
 }
 
 impl ClientData for ClientState {
@@ -66,6 +82,8 @@ pub struct DmabufSurface(pub Mutex<Option<(ObjectId, MemoryRenderBuffer)>>);
 #[derive(Debug)]
 pub struct State {
     pub display: DisplayHandle,
+    /// For event sources added while running (security-context listeners).
+    pub loop_handle: LoopHandle<'static, (State, super::Backend)>,
     pub start: Instant,
     /// The clock wp_presentation reports (CLOCK_MONOTONIC).
     pub clock: Clock<Monotonic>,
@@ -439,6 +457,33 @@ impl DmabufHandler for State {
     }
 }
 
+impl SecurityContextHandler for State {
+    fn context_created(&mut self, source: SecurityContextListenerSource, context: SecurityContext) {
+        debug!(app_id = ?context.app_id, engine = ?context.sandbox_engine, "security context listener");
+        let inserted = self
+            .loop_handle
+            .insert_source(source, move |stream, _, (state, _)| {
+                let data = ClientState {
+                    security_context: Some(context.clone()),
+                    ..ClientState::default()
+                };
+                match state.display.insert_client(stream, Arc::new(data)) {
+                    Ok(_) => {
+                        state
+                            .stats
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .clients += 1
+                    }
+                    Err(err) => warn!(?err, "security-context client not accepted"),
+                }
+            });
+        if let Err(err) = inserted {
+            warn!(%err, "security-context listener not watched");
+        }
+    }
+}
+
 /// Toplevel identity for tests: title and app_id as the client set them.
 pub fn toplevel_identity(toplevel: &ToplevelSurface) -> (Option<String>, Option<String>) {
     with_states(toplevel.wl_surface(), |states| {
@@ -518,3 +563,4 @@ smithay::delegate_viewporter!(State);
 smithay::delegate_fractional_scale!(State);
 smithay::delegate_presentation!(State);
 smithay::delegate_dmabuf!(State);
+smithay::delegate_security_context!(State);
