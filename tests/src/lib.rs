@@ -201,3 +201,174 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// A long-running `crossway-proxy` subcommand (`headless`, `filter`) that announces
+/// `WAYLAND_DISPLAY=…` (and, with a headless compositor, `CROSSWAY_HEADLESS_CONTROL=…`) on
+/// stdout. Its stderr goes to a log file in the runtime directory. Killed on drop.
+#[derive(Debug)]
+pub struct ProxyProcess {
+    child: Option<Child>,
+    /// The socket it announced.
+    pub socket: PathBuf,
+    /// The control socket it announced, if any.
+    pub control: Option<PathBuf>,
+    /// Its stderr.
+    pub log: PathBuf,
+}
+
+impl ProxyProcess {
+    /// Starts `crossway-proxy ARGS` with `XDG_RUNTIME_DIR` set to `rt` and waits up to 20 s
+    /// for its announcement.
+    pub fn start<I, S>(rt: &Runtime, log_name: &str, args: I) -> Result<ProxyProcess>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        use std::io::BufRead as _;
+        let log = rt.path().join(format!("{log_name}.log"));
+        let mut child = Command::new(workspace_binary("crossway-proxy")?)
+            .args(args)
+            .env("XDG_RUNTIME_DIR", rt.path())
+            // Whatever it makes in the temporary directory goes with the runtime directory.
+            .env("TMPDIR", rt.path())
+            .env_remove("WAYLAND_DISPLAY")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "crossway_proxy=debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting crossway-proxy")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = ProxyProcess {
+            child: Some(child),
+            socket: PathBuf::new(),
+            control: None,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let announced = |line: String, p: &mut ProxyProcess| {
+            if let Some(v) = line.strip_prefix("WAYLAND_DISPLAY=") {
+                p.socket = v.into();
+            } else if let Some(v) = line.strip_prefix("CROSSWAY_HEADLESS_CONTROL=") {
+                p.control = Some(v.into());
+            }
+        };
+        while process.socket.as_os_str().is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => announced(line, &mut process),
+                Err(_) => bail!(
+                    "crossway-proxy did not announce its socket\n{}",
+                    process.log_text()
+                ),
+            }
+        }
+        // The control line, when there is one, is printed together with the display's.
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            announced(line, &mut process);
+        }
+        Ok(process)
+    }
+
+    /// Its pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends it `signal`.
+    pub fn signal(&self, signal: rustix::process::Signal) -> Result<()> {
+        let pid = self
+            .pid()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+            .context("not running")?;
+        rustix::process::kill_process(pid, signal)?;
+        Ok(())
+    }
+
+    /// What it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits up to `timeout` for it to exit; returns its exit code.
+    pub fn terminate(mut self, timeout: Duration) -> Result<Option<i32>> {
+        self.signal(rustix::process::Signal::TERM)?;
+        let mut child = self.child.take().context("not running")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "crossway-proxy still running after SIGTERM\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        // SIGTERM first so it removes its sockets, then SIGKILL if it hangs.
+        let _ = self.signal(rustix::process::Signal::TERM);
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// weston 10 with its headless backend and the pixman renderer, listening on `name` in
+/// `rt`, with `--debug` so `weston-screenshooter` works. `None` (after a `SKIP:` line)
+/// when weston is not installed.
+pub fn start_weston(rt: &Runtime, test: &str, name: &str) -> Result<Option<(Process, PathBuf)>> {
+    let Some(weston) = require(test, "weston", "weston") else {
+        return Ok(None);
+    };
+    let log = rt.path().join(format!("{name}.weston.log"));
+    let mut cmd = Command::new(weston);
+    cmd.env("XDG_RUNTIME_DIR", rt.path())
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+        .stdin(Stdio::null())
+        .arg("--backend=headless-backend.so")
+        .arg("--use-pixman")
+        .args(["--width=640", "--height=480", "--no-config", "--debug"])
+        .arg(format!("--socket={name}"))
+        .arg(format!("--log={}", log.display()));
+    let process = Process::spawn("weston", &mut cmd)?;
+    let socket = rt.path().join(name);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if Instant::now() >= deadline {
+            bail!(
+                "weston did not create {}\n{}",
+                socket.display(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Some((process, socket)))
+}

@@ -1,0 +1,50 @@
+//! Every client relayed by `crossway-proxy filter --vm-name work` reaches the host through a
+//! `wp_security_context_v1` whose app id is the VM's name: the compositor knows it as
+//! sandboxed, whatever the client claims. Without a name the app id is "crossway-vm";
+//! `--no-security-context` connects directly.
+#![allow(clippy::unwrap_used)] // a failed unwrap is the test failure
+
+use crossway_proxy::headless::control::request;
+use crossway_tests::{Process, ProxyProcess, Runtime};
+use serde_json::{Value, json};
+
+fn app_id_seen(filter_args: &[&str]) -> Value {
+    let rt = Runtime::new().unwrap();
+    let mut args = vec!["filter", "--listen"];
+    let listen = rt.path().join("f").display().to_string();
+    args.push(&listen);
+    args.extend_from_slice(filter_args);
+    args.push("--headless");
+    let filter = ProxyProcess::start(&rt, "filter", &args).unwrap();
+    let control = filter
+        .control
+        .clone()
+        .unwrap_or_else(|| panic!("filter --headless printed no control socket"));
+    let mut cmd = rt.client(env!("CARGO_BIN_EXE_crossway-test-client"), &filter.socket);
+    cmd.args(["--title", "sandboxed", "--buffer", "shm"]);
+    let _client = Process::spawn("test-client", &mut cmd).unwrap();
+    let found = request(
+        &control,
+        &json!({"wait_toplevel": {"title": "sandboxed", "timeout_ms": 15000}}),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", filter.log_text()));
+    found["security_context_app_id"].clone()
+}
+
+#[test]
+fn filter_clients_carry_the_vm_name_as_security_context() {
+    assert_eq!(app_id_seen(&["--vm-name", "work"]), json!("work"));
+}
+
+#[test]
+fn filter_without_vm_name_uses_the_default_app_id() {
+    assert_eq!(app_id_seen(&[]), json!("crossway-vm"));
+}
+
+#[test]
+fn no_security_context_connects_directly() {
+    assert_eq!(
+        app_id_seen(&["--vm-name", "work", "--no-security-context"]),
+        Value::Null
+    );
+}
