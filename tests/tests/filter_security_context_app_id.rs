@@ -48,3 +48,38 @@ fn no_security_context_connects_directly() {
         Value::Null
     );
 }
+
+#[test]
+#[ignore = "needs the relay engine (branch relay): tagging is done by the engine"]
+fn filter_tags_titles_and_app_ids_with_the_vm_name() {
+    let rt = Runtime::new().unwrap();
+    let listen = rt.path().join("f").display().to_string();
+    let filter = ProxyProcess::start(
+        &rt,
+        "filter",
+        [
+            "filter",
+            "--listen",
+            &listen,
+            "--headless",
+            "--vm-name",
+            "work",
+        ],
+    )
+    .unwrap();
+    let control = filter.control.clone().unwrap();
+    let mut cmd = rt.client(env!("CARGO_BIN_EXE_crossway-test-client"), &filter.socket);
+    cmd.args(["--title", "tagged", "--buffer", "shm"]);
+    let _client = Process::spawn("test-client", &mut cmd).unwrap();
+    let found = request(
+        &control,
+        &json!({"wait_toplevel": {"title": "[work] tagged", "timeout_ms": 15000}}),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", filter.log_text()));
+    assert_eq!(
+        found["app_id"],
+        json!("work.crossway.test-client"),
+        "{found}"
+    );
+    assert_eq!(found["security_context_app_id"], json!("work"), "{found}");
+}
