@@ -116,7 +116,8 @@ impl RelaySetup {
 
         let mut config = RelayConfig::default();
         if let Some(path) = &args.policy {
-            config.policy = load_policy(path)?;
+            config.policy = crate::relay::Policy::load(path)
+                .with_context(|| format!("policy file {}", path.display()))?;
         }
         config.policy.tagging.vm_name = args.vm_name.clone();
         config.host_formats = host.dmabuf_formats.clone().map(Arc::new);
@@ -203,16 +204,4 @@ pub fn write_stats(stats: &VmStats, path: &Path) -> Result<()> {
     std::fs::write(&tmp, json).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
-}
-
-/// The policy in `path`.
-///
-/// NOTE(engine): `crate::relay::Policy::load` arrives with the relay engine (branch `relay`);
-/// until it is merged a policy file is refused rather than silently ignored.
-fn load_policy(path: &Path) -> Result<crate::relay::Policy> {
-    std::fs::metadata(path).with_context(|| format!("policy file {}", path.display()))?;
-    anyhow::bail!(
-        "policy file {}: policy files are not supported by this build yet",
-        path.display()
-    )
 }

@@ -94,7 +94,7 @@ fn foot_renders_through_filter() {
     for _ in 0..100 {
         let shot = request(
             &control,
-            &json!({"toplevel_screenshot": {"title": "foot-filtered", "path": png}}),
+            &json!({"toplevel_screenshot": {"title": "[clip] foot-filtered", "path": png}}),
         )
         .ok()
         .and_then(|_| crossway_proxy::headless::Image::load_png(&png).ok());

@@ -8,7 +8,7 @@ use crossway_proxy::headless::control::request;
 use crossway_tests::{Process, ProxyProcess, Runtime};
 use serde_json::{Value, json};
 
-fn app_id_seen(filter_args: &[&str]) -> Value {
+fn app_id_seen(filter_args: &[&str], title: &str) -> Value {
     let rt = Runtime::new().unwrap();
     let mut args = vec!["filter", "--listen"];
     let listen = rt.path().join("f").display().to_string();
@@ -25,7 +25,7 @@ fn app_id_seen(filter_args: &[&str]) -> Value {
     let _client = Process::spawn("test-client", &mut cmd).unwrap();
     let found = request(
         &control,
-        &json!({"wait_toplevel": {"title": "sandboxed", "timeout_ms": 15000}}),
+        &json!({"wait_toplevel": {"title": title, "timeout_ms": 15000}}),
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}", filter.log_text()));
     found["security_context_app_id"].clone()
@@ -33,24 +33,30 @@ fn app_id_seen(filter_args: &[&str]) -> Value {
 
 #[test]
 fn filter_clients_carry_the_vm_name_as_security_context() {
-    assert_eq!(app_id_seen(&["--vm-name", "work"]), json!("work"));
+    assert_eq!(
+        app_id_seen(&["--vm-name", "work"], "[work] sandboxed"),
+        json!("work")
+    );
 }
 
 #[test]
 fn filter_without_vm_name_uses_the_default_app_id() {
-    assert_eq!(app_id_seen(&[]), json!("crossway-vm"));
+    assert_eq!(app_id_seen(&[], "sandboxed"), json!("crossway-vm"));
 }
 
 #[test]
 fn no_security_context_connects_directly() {
     assert_eq!(
-        app_id_seen(&["--vm-name", "work", "--no-security-context"]),
+        app_id_seen(
+            &["--vm-name", "work", "--no-security-context"],
+            "[work] sandboxed"
+        ),
         Value::Null
     );
 }
 
 #[test]
-#[ignore = "needs the relay engine (branch relay): tagging is done by the engine"]
+
 fn filter_tags_titles_and_app_ids_with_the_vm_name() {
     let rt = Runtime::new().unwrap();
     let listen = rt.path().join("f").display().to_string();

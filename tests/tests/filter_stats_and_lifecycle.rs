@@ -83,7 +83,7 @@ fn sigusr1_and_exit_write_the_counters() {
 }
 
 #[test]
-#[ignore = "needs the relay engine (branch relay): the skeleton relay counts nothing"]
+
 fn counters_see_messages_frames_and_buffers() {
     let rt = Runtime::new().unwrap();
     let path = rt.path().join("stats.json");
@@ -135,7 +135,7 @@ fn many_clients_at_once_then_clean_exit() {
     for i in 0..3 {
         request(
             &control,
-            &json!({"wait_toplevel": {"title": format!("w{i}"), "timeout_ms": 15000}}),
+            &json!({"wait_toplevel": {"title": format!("[counted] w{i}"), "timeout_ms": 15000}}),
         )
         .unwrap_or_else(|e| panic!("{e:#}\n{}", filter.log_text()));
     }

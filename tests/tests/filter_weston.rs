@@ -1,6 +1,6 @@
 //! `crossway-proxy filter` in front of weston 10 (headless backend, pixman): weston-simple-shm
 //! draws through it (checked in weston's own screenshot), and wayland-info through it sees
-//! only what the policy allows (needs the relay engine).
+//! only what the policy allows.
 #![allow(clippy::unwrap_used)] // a failed unwrap is the test failure
 
 use std::collections::BTreeMap;
@@ -126,7 +126,7 @@ fn globals(rt: &Runtime, program: &Path, socket: &Path) -> BTreeMap<String, u32>
 }
 
 #[test]
-#[ignore = "needs the relay engine (branch relay): the skeleton relay forwards every global"]
+
 fn wayland_info_through_filter_sees_only_allowed_globals() {
     let test = "wayland_info_through_filter_sees_only_allowed_globals";
     let Some(info) = require(test, "wayland-info", "wayland-utils") else {
