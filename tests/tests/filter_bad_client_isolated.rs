@@ -145,3 +145,119 @@ fn bad_clients_are_disconnected_and_others_keep_working() {
 fn bad_clients_get_a_display_error_from_the_relay() {
     bad_clients_are_cut_off_and_others_keep_working(true);
 }
+
+/// Appends a Wayland string argument.
+fn push_string(msg: &mut Vec<u8>, s: &str) {
+    let len = s.len() as u32 + 1;
+    msg.extend_from_slice(&len.to_ne_bytes());
+    msg.extend_from_slice(s.as_bytes());
+    msg.push(0);
+    while msg.len() % 4 != 0 {
+        msg.push(0);
+    }
+}
+
+#[test]
+fn binding_a_denied_global_by_name_is_an_error() {
+    let rt = Runtime::new().unwrap();
+    let host_socket = rt.path().join("host-0");
+    let headless = ProxyProcess::start(
+        &rt,
+        "headless",
+        [
+            "headless".as_ref(),
+            "--socket".as_ref(),
+            host_socket.as_os_str(),
+        ],
+    )
+    .unwrap();
+    // The host offers the security-context manager to ordinary clients; the policy denies it.
+    let host = crossway_proxy::host::HostInfo::probe(&crossway_proxy::host::HostConnector::new(
+        headless.socket.clone(),
+    ))
+    .unwrap();
+    let denied = host
+        .global(crossway_proxy::host::SECURITY_CONTEXT_MANAGER)
+        .unwrap()
+        .clone();
+    let listen = rt.path().join("f").display().to_string();
+    let display = headless.socket.display().to_string();
+    let filter = ProxyProcess::start(
+        &rt,
+        "filter",
+        [
+            "filter",
+            "--listen",
+            &listen,
+            "--wayland-display",
+            &display,
+            "--no-security-context",
+        ],
+    )
+    .unwrap();
+
+    let mut stream = UnixStream::connect(&filter.socket).unwrap();
+    // get_registry(new id 2), sync(new id 3); wait for the callback so every global has
+    // passed the relay.
+    let mut hello = header(1, 1, 12);
+    hello.extend_from_slice(&2u32.to_ne_bytes());
+    hello.extend_from_slice(&header(1, 0, 12));
+    hello.extend_from_slice(&3u32.to_ne_bytes());
+    stream.write_all(&hello).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !contains_event(&seen, 3, None) {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "filter closed the connection\n{}", filter.log_text());
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let listed = String::from_utf8_lossy(&seen).contains(&denied.interface);
+    assert!(
+        !listed,
+        "{} was advertised through the filter",
+        denied.interface
+    );
+
+    // wl_registry.bind(name, interface, version, new id 4) of the denied global.
+    let mut body = denied.name.to_ne_bytes().to_vec();
+    push_string(&mut body, &denied.interface);
+    body.extend_from_slice(&1u32.to_ne_bytes());
+    body.extend_from_slice(&4u32.to_ne_bytes());
+    let mut bind = header(2, 0, 8 + body.len() as u16);
+    bind.extend_from_slice(&body);
+    stream.write_all(&bind).unwrap();
+    let mut rest = Vec::new();
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => rest.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("not disconnected after binding a denied global: {e}"),
+        }
+    }
+    assert!(
+        contains_event(&rest, 1, Some(0)),
+        "no wl_display.error after binding {} by name",
+        denied.interface
+    );
+}
+
+/// Whether the event stream `bytes` holds a message on `object` (with `opcode`, if given).
+fn contains_event(bytes: &[u8], object: u32, opcode: Option<u16>) -> bool {
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let id = u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+        let word = u32::from_ne_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        let size = (word >> 16) as usize;
+        if size < 8 || at + size > bytes.len() {
+            return false;
+        }
+        if id == object && opcode.is_none_or(|op| op == (word & 0xffff) as u16) {
+            return true;
+        }
+        at += size;
+    }
+    false
+}
