@@ -152,7 +152,7 @@ fn push_string(msg: &mut Vec<u8>, s: &str) {
     msg.extend_from_slice(&len.to_ne_bytes());
     msg.extend_from_slice(s.as_bytes());
     msg.push(0);
-    while msg.len() % 4 != 0 {
+    while !msg.len().is_multiple_of(4) {
         msg.push(0);
     }
 }
