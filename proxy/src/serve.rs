@@ -1,17 +1,23 @@
 //! `crossway-proxy serve` and the vhost-user backend conventions libvirt relies on
 //! (docs/interop/vhost-user.rst): `--socket-path`, `--fd`, `--print-capabilities`, and the GPU
 //! options `--render-node` and `--virgl`. The logic lives in `crossway_virtio::backend`; this
-//! module only turns arguments into its configuration.
+//! module only turns arguments into its configuration, with `crate::cross_domain`'s contexts
+//! relaying each Wayland channel to the compositor the relay options name (`--headless`,
+//! `--wayland-display`).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use crossway_protocols::capset::{CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND, CrosswayCaps};
 use crossway_virtio::backend::{Endpoint, ServeConfig, capabilities_json};
 use crossway_virtio::blob::ExportMode;
-use crossway_virtio::context::NullContextFactory;
 use crossway_virtio::device::{CrosswayCapset, DeviceConfig, Limits};
+
+use crate::cross_domain::CrossDomainFactory;
+use crate::relay::{RelayConfig, VmStats};
+use crate::setup::RelaySetup;
 
 /// Options of `serve` (also accepted without the subcommand, as libvirt launches backends).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -47,6 +53,9 @@ pub struct ServeArgs {
     /// Never use udmabuf: copy guest blobs into host memfds.
     #[arg(long)]
     pub no_udmabuf: bool,
+    /// Where Wayland channels go, and the relay's policy.
+    #[command(flatten)]
+    pub relay: crate::setup::RelayArgs,
 }
 
 impl ServeArgs {
@@ -82,12 +91,44 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     if args.virgl {
         tracing::warn!("--virgl accepted but ignored: Crossway does not render virgl");
     }
+    // A policy file that does not parse is the operator's mistake: refuse to start rather than
+    // run with another policy than the one asked for.
+    if let Some(path) = &args.relay.policy {
+        crate::relay::Policy::load(path)
+            .with_context(|| format!("policy file {}", path.display()))?;
+    }
+    // Without a reachable host compositor serve still runs: query-only contexts work and a
+    // Wayland channel's INIT fails with the reason logged.
+    let (factory, setup) = match RelaySetup::from_args(&args.relay) {
+        Ok(setup) => {
+            tracing::info!(host = %setup.connector.socket().display(), "Wayland channels relay to this compositor");
+            (CrossDomainFactory::from_setup(&setup), Some(setup))
+        }
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::error!(error = %reason, "no host compositor: Wayland channels will be refused");
+            let stats = Arc::new(VmStats::new(args.relay.vm_name.clone().unwrap_or_default()));
+            (
+                CrossDomainFactory::without_host(Arc::new(RelayConfig::default()), stats, reason),
+                None,
+            )
+        }
+    };
+    // The capset tells the guest agent the host's dmabuf preferences before any Wayland
+    // traffic (DESIGN.md, "The Crossway capset").
+    let host_formats = setup
+        .as_ref()
+        .and_then(|s| s.host.dmabuf_formats.clone())
+        .unwrap_or_default();
+    if let Some(setup) = &setup {
+        setup.install_stats_dump()?;
+    }
     let device = DeviceConfig {
         crossway: Some(CrosswayCapset {
             id: args.crossway_capset_id,
             caps: CrosswayCaps {
                 flags: CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND,
-                formats: Default::default(),
+                formats: host_formats,
             },
         }),
         limits: Limits {
@@ -106,11 +147,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let stats = crossway_virtio::backend::serve(ServeConfig {
         endpoint,
         device,
-        // The cross-domain context arrives with its own issue; until then contexts accept
-        // resources and fences but refuse command streams.
-        factory: Box::new(NullContextFactory),
+        factory: Box::new(factory),
     })
     .context("vhost-user backend")?;
     tracing::info!(?stats, "served");
+    if let Some(setup) = setup {
+        setup.finish()?;
+    }
     Ok(())
 }

@@ -1019,7 +1019,13 @@ impl GpuDevice {
             return Err(VIRTIO_GPU_RESP_ERR_UNSPEC);
         };
         mapper
-            .map(offset, host.fd.as_fd(), 0, r.size, true)
+            .map(
+                offset,
+                host.fd.as_fd(),
+                0,
+                r.size,
+                fd_writable(host.fd.as_fd()),
+            )
             .map_err(|e| {
                 tracing::warn!(resource = id, error = %e, "SHMEM_MAP failed");
                 VIRTIO_GPU_RESP_ERR_UNSPEC
@@ -1065,6 +1071,19 @@ impl GpuDevice {
     pub fn context_capset(&self, ctx: u32) -> Option<u32> {
         self.contexts.get(&ctx).map(|c| c.capset)
     }
+}
+
+/// Whether a host blob may be mapped writable: its access mode allows writes and no write
+/// seal forbids them (a compositor's keymap is often a read-only or sealed memfd; mapping it
+/// RW fails, wayland-proxy-virtwl #37).
+fn fd_writable(fd: BorrowedFd<'_>) -> bool {
+    use rustix::fs::{OFlags, SealFlags};
+    let mode_ok = rustix::fs::fcntl_getfl(fd).is_ok_and(
+        |f| matches!(f & OFlags::ACCMODE, m if m == OFlags::RDWR || m == OFlags::WRONLY),
+    );
+    let sealed = rustix::fs::fcntl_get_seals(fd)
+        .is_ok_and(|s| s.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE));
+    mode_ok && !sealed
 }
 
 fn make_uuid(seed: u64, id: u32) -> [u8; 16] {
@@ -1189,5 +1208,31 @@ impl ContextResources for View<'_> {
                 .map_err(|e| ContextError::Other(e.to_string()))?;
         }
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod map_access_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::fd::AsFd;
+
+    use super::fd_writable;
+    use crate::memfd::Memfd;
+
+    #[test]
+    fn fd_writable_follows_access_mode_and_write_seals() {
+        let m = Memfd::new("rw", 4096).unwrap();
+        let fd = m.try_clone_fd().unwrap();
+        assert!(fd_writable(fd.as_fd()));
+        // The same memory opened read-only, as compositors hand out keymaps.
+        let ro = std::fs::File::open(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ))
+        .unwrap();
+        assert!(!fd_writable(ro.as_fd()));
+        rustix::fs::fcntl_add_seals(fd.as_fd(), rustix::fs::SealFlags::WRITE).unwrap();
+        assert!(!fd_writable(fd.as_fd()));
     }
 }
