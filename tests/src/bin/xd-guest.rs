@@ -751,11 +751,12 @@ fn bad(path: &Path, scenario: Scenario) -> Result<()> {
             )
         }
         Scenario::BadSize => {
-            // wl_display.sync whose header claims 64 bytes where 12 follow.
+            // wl_display.sync whose header claims 4 bytes, less than the header itself (a
+            // larger lie would only make the host wait for bytes that never come).
             let cb = c.new_id();
             let mut msg = Vec::new();
             wire::encode_unchecked(&mut msg, ObjectId::DISPLAY, 0, &[Arg::NewId(oid(cb)?)])?;
-            msg[6..8].copy_from_slice(&64u16.to_ne_bytes());
+            msg[4..8].copy_from_slice(&(4u32 << 16).to_ne_bytes());
             c.ch.send_raw(&msg, &[])
         }
         _ => unreachable_scenario(scenario)?,
