@@ -5,13 +5,17 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use crossway_protocols::capset::{CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND, CrosswayCaps};
 use crossway_virtio::backend::{Endpoint, ServeConfig, capabilities_json};
 use crossway_virtio::blob::ExportMode;
-use crossway_virtio::context::NullContextFactory;
 use crossway_virtio::device::{CrosswayCapset, DeviceConfig, Limits};
+
+use crate::cross_domain::CrossDomainFactory;
+use crate::relay::{RelayConfig, VmStats};
+use crate::setup::RelaySetup;
 
 /// Options of `serve` (also accepted without the subcommand, as libvirt launches backends).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -47,6 +51,9 @@ pub struct ServeArgs {
     /// Never use udmabuf: copy guest blobs into host memfds.
     #[arg(long)]
     pub no_udmabuf: bool,
+    /// Where Wayland channels go, and the relay's policy.
+    #[command(flatten)]
+    pub relay: crate::setup::RelayArgs,
 }
 
 impl ServeArgs {
@@ -103,14 +110,32 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         host_visible_size: args.host_visible_size,
         ..DeviceConfig::default()
     };
+    // Without a reachable host compositor serve still runs: query-only contexts work and a
+    // Wayland channel's INIT fails with the reason logged.
+    let (factory, setup) = match RelaySetup::from_args(&args.relay) {
+        Ok(setup) => {
+            tracing::info!(host = %setup.connector.socket().display(), "Wayland channels relay to this compositor");
+            (CrossDomainFactory::from_setup(&setup), Some(setup))
+        }
+        Err(e) => {
+            let reason = format!("{e:#}");
+            tracing::error!(error = %reason, "no host compositor: Wayland channels will be refused");
+            let stats = Arc::new(VmStats::new(args.relay.vm_name.clone().unwrap_or_default()));
+            (
+                CrossDomainFactory::without_host(Arc::new(RelayConfig::default()), stats, reason),
+                None,
+            )
+        }
+    };
     let stats = crossway_virtio::backend::serve(ServeConfig {
         endpoint,
         device,
-        // The cross-domain context arrives with its own issue; until then contexts accept
-        // resources and fences but refuse command streams.
-        factory: Box::new(NullContextFactory),
+        factory: Box::new(factory),
     })
     .context("vhost-user backend")?;
     tracing::info!(?stats, "served");
+    if let Some(setup) = setup {
+        tracing::info!(relay = ?setup.stats.snapshot(), "relay counters");
+    }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! "inside" it in their own processes.
 //!
 //! ```text
-//!  crossway-proxy vm ──spawns──▶ crossway-proxy serve --socket-path DIR/gpu.sock   (or --serve-socket)
+//!  crossway-proxy vm ──spawns──▶ crossway-proxy serve --socket-path DIR/gpu.sock [relay options]
+//!                                (or uses --serve-socket)
 //!    ├ LoopbackVm ══vhost-user══▶ serve
 //!    ├ LoopbackServer at DIR/virtgpu.sock (or --socket)
 //!    └ spawns CMD with CROSSWAY_VIRTGPU=loopback:DIR/virtgpu.sock, exits with its status
@@ -44,6 +45,9 @@ pub struct VmArgs {
     /// Guest programs' open device files at most (connections to the socket).
     #[arg(long, default_value_t = ServerConfig::default().max_connections)]
     pub max_connections: usize,
+    /// Where the spawned `serve` relays Wayland channels (ignored with --serve-socket).
+    #[command(flatten)]
+    pub relay: crate::setup::RelayArgs,
     /// The guest program and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -98,13 +102,45 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     })
 }
 
-fn start_serve(dir: &Path, stop: &AtomicBool) -> Result<(Reaped, PathBuf)> {
+/// `serve` arguments that carry `relay` over.
+fn relay_serve_args(relay: &crate::setup::RelayArgs) -> Vec<OsString> {
+    let mut out: Vec<OsString> = Vec::new();
+    if let Some(d) = &relay.wayland_display {
+        out.extend(["--wayland-display".into(), d.into()]);
+    }
+    if relay.headless {
+        out.push("--headless".into());
+    }
+    if let Some(n) = &relay.vm_name {
+        out.extend(["--vm-name".into(), n.into()]);
+    }
+    if let Some(p) = &relay.policy {
+        out.extend([
+            "--policy".into(),
+            absolute(p).unwrap_or_else(|_| p.clone()).into(),
+        ]);
+    }
+    if let Some(p) = &relay.stats_file {
+        out.extend([
+            "--stats-file".into(),
+            absolute(p).unwrap_or_else(|_| p.clone()).into(),
+        ]);
+    }
+    out
+}
+
+fn start_serve(
+    dir: &Path,
+    relay: &crate::setup::RelayArgs,
+    stop: &AtomicBool,
+) -> Result<(Reaped, PathBuf)> {
     let exe = std::env::current_exe().context("finding crossway-proxy's own binary")?;
     let sock = dir.join("gpu.sock");
     let child = Command::new(exe)
         .arg("serve")
         .arg("--socket-path")
         .arg(&sock)
+        .args(relay_serve_args(relay))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -140,9 +176,12 @@ pub fn run(args: VmArgs) -> Result<u8> {
         .context("no guest program given")?;
     let dir = PrivateDir::new()?;
     // Declared before `vm` and `server` so it is dropped after them: serve outlives its VMM.
+    if args.serve_socket.is_some() && !relay_serve_args(&args.relay).is_empty() {
+        tracing::warn!("relay options are ignored with --serve-socket: that serve has its own");
+    }
     let (_serve, backend) = match &args.serve_socket {
         Some(p) => (Reaped(None), p.clone()),
-        None => start_serve(&dir.0, &stop)?,
+        None => start_serve(&dir.0, &args.relay, &stop)?,
     };
     let config = LoopbackConfig {
         ram_size: args

@@ -2,10 +2,10 @@
 //! wayland-proxy-virtwl (cross-domain.md §1.1 steps 1-7) against the real
 //! `crossway-proxy serve` binary, over a real vhost-user socket, and checks its answers.
 //!
-//! Steps 6-7 (cross-domain INIT and POLL in SUBMIT_3D) are refused today: `serve` runs
-//! `NullContextFactory` until the cross-domain context exists. Issue 6 turns these two
-//! assertions into successes (INIT accepted, the POLL fence held until the host writes the
-//! channel ring).
+//! Steps 6-7 run the cross-domain context: INIT (V0, Wayland channel) is accepted and connects
+//! to the embedded headless compositor (`serve --headless`); the POLL fence stays pending until
+//! the host writes the channel ring, which it does once `wl_display.get_registry` + `sync`
+//! have been answered: a RECEIVE carrying the registry's globals.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ fn loopback_sommelier_sequence_against_serve_matches_expected_answers() -> anyho
     let _serve = Process::spawn(
         "crossway-proxy serve",
         Command::new(workspace_binary("crossway-proxy")?)
-            .args(["serve", "--no-udmabuf", "--socket-path"])
+            .args(["serve", "--no-udmabuf", "--headless", "--socket-path"])
             .arg(&sock),
     )?;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -80,17 +80,105 @@ fn loopback_sommelier_sequence_against_serve_matches_expected_answers() -> anyho
         bo_handles: &[query.bo_handle, channel.bo_handle],
         ring_idx: 0,
     });
-    // Today: NullContext refuses SUBMIT_3D with VIRTIO_GPU_RESP_ERR_UNSPEC (issue 6: Ok).
-    assert_eq!(r, Err(VirtGpuError::Device(0x1200)));
-    // 7. EXECBUFFER(RING_IDX, ring 1) with CMD_POLL.
+    assert_eq!(r, Ok(()), "CMD_INIT");
+    // 7. EXECBUFFER(RING_IDX, ring 1) with CMD_POLL: accepted, its fence held.
     let poll = [3u8, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    let r = f.execbuffer(&drm_virtgpu_execbuffer {
-        flags: VIRTGPU_EXECBUF_RING_IDX,
-        command: &poll,
+    let submit_poll = |f: &mut crossway_virtio::loopback::LoopbackFile| {
+        f.execbuffer(&drm_virtgpu_execbuffer {
+            flags: VIRTGPU_EXECBUF_RING_IDX,
+            command: &poll,
+            bo_handles: &[],
+            ring_idx: 1,
+        })
+    };
+    assert_eq!(submit_poll(&mut f), Ok(()), "CMD_POLL");
+    assert!(
+        !fence_event(&f, Duration::from_millis(200))?,
+        "POLL fence signalled with nothing in the channel ring"
+    );
+    // A SEND of wl_display.get_registry(2) + sync(3), without ring: the host's answer signals
+    // the POLL fence with one RECEIVE in the channel ring.
+    let mut wayland = Vec::new();
+    for (opcode, new_id) in [(1u32, 2u32), (0, 3)] {
+        wayland.extend_from_slice(&1u32.to_ne_bytes());
+        wayland.extend_from_slice(&((12u32 << 16) | opcode).to_ne_bytes());
+        wayland.extend_from_slice(&new_id.to_ne_bytes());
+    }
+    let mut send = vec![0u8; 352];
+    send[0] = 4;
+    send[2..4].copy_from_slice(&((352 + wayland.len()) as u16).to_le_bytes());
+    send[12..16].copy_from_slice(&(wayland.len() as u32).to_le_bytes());
+    send.extend_from_slice(&wayland);
+    f.execbuffer(&drm_virtgpu_execbuffer {
+        flags: 0,
+        command: &send,
         bo_handles: &[],
-        ring_idx: 1,
-    });
-    // Today: refused the same way (issue 6: Ok, with the fence held until a ring write).
-    assert_eq!(r, Err(VirtGpuError::Device(0x1200)));
+        ring_idx: 0,
+    })?;
+    let mut stream = Vec::new();
+    let mut page = [0u8; 4096];
+    loop {
+        anyhow::ensure!(fence_event(&f, Duration::from_secs(10))?, "no RECEIVE");
+        rings[1].1.read_at(0, &mut page)?;
+        // RECEIVE (5) in the first u32: header bytes 1-7 zero, as wayland-proxy-virtwl reads.
+        assert_eq!(&page[..8], &[5, 0, 0, 0, 0, 0, 0, 0]);
+        let size = u32::from_le_bytes(page[12..16].try_into()?) as usize;
+        assert!(size > 0 && size <= 3744, "data size {size}");
+        stream.extend_from_slice(&page[352..352 + size]);
+        if has_message(&stream, 3, 0) {
+            break;
+        }
+        assert_eq!(submit_poll(&mut f), Ok(()));
+    }
+    assert!(has_message(&stream, 2, 0), "no wl_registry.global");
+    assert!(
+        stream.windows(13).any(|w| w == b"wl_compositor"),
+        "wl_compositor not advertised"
+    );
     Ok(())
+}
+
+/// Whether the Wayland stream holds a message from `object` with `opcode`.
+fn has_message(stream: &[u8], object: u32, opcode: u16) -> bool {
+    let mut rest = stream;
+    while rest.len() >= 8 {
+        let id = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        let word = u32::from_ne_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        let size = (word >> 16) as usize;
+        if size < 8 || size > rest.len() {
+            return false;
+        }
+        if id == object && (word & 0xffff) as u16 == opcode {
+            return true;
+        }
+        rest = &rest[size..];
+    }
+    false
+}
+
+/// Waits for one fence event on the device file.
+fn fence_event(
+    f: &crossway_virtio::loopback::LoopbackFile,
+    timeout: Duration,
+) -> anyhow::Result<bool> {
+    let efd = f.event_fd();
+    let mut fds = [rustix::event::PollFd::new(
+        &efd,
+        rustix::event::PollFlags::IN,
+    )];
+    let ts = rustix::time::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: i64::from(timeout.subsec_nanos()),
+    };
+    if rustix::event::poll(&mut fds, Some(&ts))? == 0 {
+        return Ok(false);
+    }
+    let mut b = [0u8; 64];
+    let n = rustix::io::read(f.event_fd(), &mut b)?;
+    let (events, rest) = DrmEvent::decode_all(&b[..n]);
+    anyhow::ensure!(
+        rest.is_ok() && events.len() == 1,
+        "expected one fence event"
+    );
+    Ok(true)
 }

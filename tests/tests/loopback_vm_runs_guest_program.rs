@@ -2,8 +2,8 @@
 //! as its child, runs the loopback VM and its socket, and the probe, in a third process, opens
 //! the device from `CROSSWAY_VIRTGPU` and walks the agent's start-up sequence through it.
 //!
-//! The cross-domain CMD_INIT is refused today (`serve` runs `NullContextFactory`); issue 6
-//! turns `cmd_init refused 0x1200` into `cmd_init ok`.
+//! `vm --headless` makes its `serve` relay to the embedded headless compositor, so the
+//! probe's cross-domain CMD_INIT (Wayland channel) connects: `cmd_init ok`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,7 +20,7 @@ fn loopback_vm_runs_guest_program_through_serve() -> anyhow::Result<()> {
         "crossway-proxy vm",
         Command::new(workspace_binary("crossway-proxy")?)
             .env("XDG_RUNTIME_DIR", rt.path())
-            .args(["vm", "--socket"])
+            .args(["vm", "--headless", "--socket"])
             .arg(&sock)
             .arg("--")
             .arg(env!("CARGO_BIN_EXE_crossway-virtgpu-probe")),
@@ -39,7 +39,7 @@ fn loopback_vm_runs_guest_program_through_serve() -> anyhow::Result<()> {
             "rings 2",
             "scattered 1048576 pattern ok",
             "prime ok res 3",
-            "cmd_init refused 0x1200",
+            "cmd_init ok",
             "done",
         ],
         "stderr:\n{err}"

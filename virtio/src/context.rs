@@ -230,6 +230,12 @@ pub struct GuestWriter {
 }
 
 impl GuestWriter {
+    /// A writer over `backing` in `mem`: for `ContextResources` implementations outside this
+    /// crate (test doubles of the device).
+    pub fn new(mem: GuestMemHandle, backing: Backing) -> GuestWriter {
+        GuestWriter { mem, backing }
+    }
+
     /// Writes `data` at `offset` of the backing.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), MemoryError> {
         use vm_memory::GuestAddressSpace;

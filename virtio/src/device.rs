@@ -1019,7 +1019,13 @@ impl GpuDevice {
             return Err(VIRTIO_GPU_RESP_ERR_UNSPEC);
         };
         mapper
-            .map(offset, host.fd.as_fd(), 0, r.size, true)
+            .map(
+                offset,
+                host.fd.as_fd(),
+                0,
+                r.size,
+                fd_writable(host.fd.as_fd()),
+            )
             .map_err(|e| {
                 tracing::warn!(resource = id, error = %e, "SHMEM_MAP failed");
                 VIRTIO_GPU_RESP_ERR_UNSPEC
@@ -1065,6 +1071,19 @@ impl GpuDevice {
     pub fn context_capset(&self, ctx: u32) -> Option<u32> {
         self.contexts.get(&ctx).map(|c| c.capset)
     }
+}
+
+/// Whether a host blob may be mapped writable: its access mode allows writes and no write
+/// seal forbids them (a compositor's keymap is often a read-only or sealed memfd; mapping it
+/// RW fails, wayland-proxy-virtwl #37).
+fn fd_writable(fd: BorrowedFd<'_>) -> bool {
+    use rustix::fs::{OFlags, SealFlags};
+    let mode_ok = rustix::fs::fcntl_getfl(fd).is_ok_and(
+        |f| matches!(f & OFlags::ACCMODE, m if m == OFlags::RDWR || m == OFlags::WRONLY),
+    );
+    let sealed = rustix::fs::fcntl_get_seals(fd)
+        .is_ok_and(|s| s.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE));
+    mode_ok && !sealed
 }
 
 fn make_uuid(seed: u64, id: u32) -> [u8; 16] {

@@ -4,8 +4,9 @@
 //!
 //! Output (stdout), one line per step, for tests: `address loopback`, `params ok`,
 //! `caps 5 wayland`, `caps 48 flags 0x..`, `context_init ok`, `rings 2`,
-//! `scattered 1048576 pattern ok`, `prime ok res N`, `cmd_init refused 0x1200` (or
-//! `cmd_init ok`), `done`. Any failure prints `failed: ...` and exits 1.
+//! `scattered 1048576 pattern ok`, `prime ok res N`, `cmd_init ok` (or `cmd_init refused 0x..`
+//! when the host has no compositor for the Wayland channel), `done`. Any failure prints
+//! `failed: ...` and exits 1.
 
 #![forbid(unsafe_code)]
 
