@@ -208,6 +208,12 @@ impl Conn {
         self.next_id
     }
 
+    /// The id [`Conn::new_id`] will return next, for a raw message the object map never sees
+    /// (a bad one): the connection goes on as if it had not been sent.
+    fn peek_id(&self) -> u32 {
+        self.next_id + 1
+    }
+
     /// Queues a request by name; flushes first when the SEND would overflow, and after a
     /// message carrying a read pipe (one per SEND).
     fn request(&mut self, object: u32, name: &str, args: &[Arg<'_>], fds: &[SendId]) -> Result<()> {
@@ -403,7 +409,7 @@ fn oid(id: u32) -> Result<ObjectId> {
 }
 
 /// A toplevel, configured and acked. Returns (surface, xdg_surface, toplevel).
-fn toplevel(c: &mut Conn, compositor: u32, wm: u32, cli: &Cli) -> Result<u32> {
+fn toplevel(c: &mut Conn, compositor: u32, wm: u32, cli: &Cli) -> Result<(u32, u32, u32)> {
     let surface = c.new_id();
     c.request(
         compositor,
@@ -432,7 +438,7 @@ fn toplevel(c: &mut Conn, compositor: u32, wm: u32, cli: &Cli) -> Result<u32> {
     let serial = configure.arg(0)?.uint()?;
     c.request(xdg_surface, "ack_configure", &[Arg::Uint(serial)], &[])?;
     say("configured")?;
-    Ok(surface)
+    Ok((surface, xdg_surface, top))
 }
 
 /// A wl_buffer on a pool whose fd is the blob `res`.
@@ -530,7 +536,7 @@ fn shm_window(c: &mut Conn, cli: &Cli) -> Result<()> {
         formats.contains(&WL_SHM_XRGB8888),
         "wl_shm lacks XRGB8888: {formats:?}"
     );
-    let surface = toplevel(c, compositor, wm, cli)?;
+    let (surface, _, _) = toplevel(c, compositor, wm, cli)?;
     let (w, h) = (cli.width, cli.height);
     let stride = w * 4;
     let size = u64::from(stride) * u64::from(h);
@@ -555,7 +561,7 @@ fn host_blob_window(c: &mut Conn, cli: &Cli) -> Result<()> {
     let wm = c.bind("xdg_wm_base", 1)?;
     let shm = c.bind("wl_shm", 1)?;
     c.roundtrip()?;
-    let surface = toplevel(c, compositor, wm, cli)?;
+    let (surface, _, _) = toplevel(c, compositor, wm, cli)?;
     let (w, h) = (cli.width, cli.height);
     let req =
         c.ch.image_requirements(w, h, DRM_XRGB8888, gbm_flags::SCANOUT | gbm_flags::LINEAR)?;
@@ -645,7 +651,7 @@ fn clipboard_paste(c: &mut Conn, cli: &Cli) -> Result<()> {
     )?;
     let keyboard = c.new_id();
     c.request(seat, "get_keyboard", &[Arg::NewId(oid(keyboard)?)], &[])?;
-    let surface = toplevel(c, compositor, wm, cli)?;
+    let (surface, xdg_surface, top) = toplevel(c, compositor, wm, cli)?;
     // A 1x1 buffer so the window maps and gets keyboard focus (and with it the selection).
     let blob = c.ch.create_guest_blob(4096)?;
     blob.mapping.write_at(0, &[0, 0, 0, 255])?;
@@ -687,12 +693,24 @@ fn clipboard_paste(c: &mut Conn, cli: &Cli) -> Result<()> {
         &[Arg::Str(Some(&cmime)), Arg::Fd],
         &[SendId::ReadPipe],
     )?;
+    // wl-paste then drops its window and syncs, and only then reads the pipe.
+    c.request(top, "destroy", &[], &[])?;
+    c.request(xdg_surface, "destroy", &[], &[])?;
+    c.request(surface, "destroy", &[], &[])?;
+    c.roundtrip()?;
     let deadline = Instant::now() + TIMEOUT;
     let text = loop {
         if let Some(p) = c.pipes.iter().find(|p| p.2) {
             break String::from_utf8_lossy(&p.1).into_owned();
         }
-        ensure!(Instant::now() < deadline, "no hang-up on the read pipe");
+        ensure!(
+            Instant::now() < deadline,
+            "no hang-up on the read pipe; pipes {:?}",
+            c.pipes
+                .iter()
+                .map(|p| (p.0, String::from_utf8_lossy(&p.1).into_owned(), p.2))
+                .collect::<Vec<_>>()
+        );
         c.dispatch(Duration::from_millis(100))?;
     };
     say(&format!("pasted {text}"))?;
@@ -719,7 +737,7 @@ fn bad(path: &Path, scenario: Scenario) -> Result<()> {
             // wl_shm.create_pool naming a resource id that no blob has.
             let shm = c.bind("wl_shm", 1)?;
             c.flush()?;
-            let pool = c.new_id();
+            let pool = c.peek_id();
             let mut msg = Vec::new();
             wire::encode_unchecked(
                 &mut msg,
@@ -738,7 +756,7 @@ fn bad(path: &Path, scenario: Scenario) -> Result<()> {
         }
         Scenario::BadPipe => {
             // A sync carrying a read pipe whose id skips ahead of the host's counter.
-            let cb = c.new_id();
+            let cb = c.peek_id();
             let mut msg = Vec::new();
             wire::encode_unchecked(&mut msg, ObjectId::DISPLAY, 0, &[Arg::NewId(oid(cb)?)])?;
             c.ch.send_raw(
@@ -753,7 +771,7 @@ fn bad(path: &Path, scenario: Scenario) -> Result<()> {
         Scenario::BadSize => {
             // wl_display.sync whose header claims 4 bytes, less than the header itself (a
             // larger lie would only make the host wait for bytes that never come).
-            let cb = c.new_id();
+            let cb = c.peek_id();
             let mut msg = Vec::new();
             wire::encode_unchecked(&mut msg, ObjectId::DISPLAY, 0, &[Arg::NewId(oid(cb)?)])?;
             msg[4..8].copy_from_slice(&(4u32 << 16).to_ne_bytes());
