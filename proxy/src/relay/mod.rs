@@ -11,13 +11,28 @@
 //! tagged with the byte offset of its message, so a transport that must split the stream
 //! (cross-domain RECEIVE carries at most 3744 bytes) sends each fd no later than its message.
 
+//! Submodules use only `super::` paths and their own dependencies, so the fuzz target can
+//! build this module on its own (`fuzz/fuzz_targets/relay_stream.rs`).
+
+pub mod buffers;
+pub mod fault;
 pub mod policy;
+pub mod registry;
 pub mod stats;
 
+mod engine;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-pub use policy::{Policy, Tagging};
+use crossway_protocols::objects::ObjectMap;
+
+pub use fault::Fault;
+pub use policy::{Policy, PolicyError, Tagging};
 pub use stats::{ClientStats, VmStats};
 
 /// How the guest's buffer memory reaches the host compositor; counted per buffer in the stats.
@@ -110,7 +125,7 @@ impl Outgoing {
 }
 
 /// Why a connection must end.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RelayError {
     /// The guest client broke the protocol or the policy. A `wl_display.error` event for it is
     /// already in [`Outgoing::to_guest`]: send that, then close this client (only this one).
@@ -162,17 +177,68 @@ pub struct RelayConfig {
     pub host_formats: Option<Arc<crossway_protocols::dmabuf::PreferenceList>>,
 }
 
-/// One guest client's relay.
+/// Hashes Wayland ids (small dense integers the peer chooses) with one multiply: the maps
+/// below are bounded by the object map's limit, so a peer gains nothing from collisions but a
+/// slower map, and the frame loop avoids SipHash.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A map keyed by Wayland object id (or global name).
+pub type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
+/// One guest client's relay: its object map, partial messages and fds waiting on both sides,
+/// advertised globals and buffer state.
 #[derive(Debug)]
 pub struct Relay {
     config: Arc<RelayConfig>,
     stats: Arc<ClientStats>,
+    map: ObjectMap,
+    guest_pending: Vec<u8>,
+    host_pending: Vec<u8>,
+    guest_fds: VecDeque<GuestFd>,
+    host_fds: VecDeque<OwnedFd>,
+    registry: registry::Registry,
+    buffers: buffers::Buffers,
+    tags: Option<engine::Tags>,
+    scratch: engine::Scratch,
+    /// Set once the connection must end: every later call returns it again.
+    failed: Option<RelayError>,
 }
 
 impl Relay {
     /// A relay for a new guest client; `stats` is its entry in the VM's [`VmStats`].
     pub fn new(config: Arc<RelayConfig>, stats: Arc<ClientStats>) -> Relay {
-        Relay { config, stats }
+        let tags = engine::Tags::new(&config.policy.tagging);
+        Relay {
+            map: ObjectMap::new(config.limits.max_objects),
+            config,
+            stats,
+            guest_pending: Vec::new(),
+            host_pending: Vec::new(),
+            guest_fds: VecDeque::new(),
+            host_fds: VecDeque::new(),
+            registry: registry::Registry::default(),
+            buffers: buffers::Buffers::default(),
+            tags,
+            scratch: engine::Scratch::default(),
+            failed: None,
+        }
     }
 
     /// This client's counters.
@@ -188,32 +254,54 @@ impl Relay {
     /// Guest → host: `bytes` continue the guest's stream (any split), `fds` follow the fds
     /// already received, in order.
     ///
-    /// Skeleton: forwards unchanged until the engine lands.
+    /// Every complete message is parsed, checked against the policy and forwarded into
+    /// `out.to_host` (with its fds in `out.host_fds`); a partial message waits for the next
+    /// call. On [`RelayError::Guest`] the `wl_display.error` for the guest is already in
+    /// `out.to_guest`; messages before the faulty one stay in `out.to_host`.
     pub fn from_guest(
         &mut self,
         bytes: &[u8],
         fds: Vec<GuestFd>,
-        _sync: &mut dyn SyncBuffers,
+        sync: &mut dyn SyncBuffers,
         out: &mut Outgoing,
     ) -> Result<(), RelayError> {
-        let at = out.to_host.len();
-        out.to_host.extend_from_slice(bytes);
-        out.host_fds.extend(fds.into_iter().map(|f| (at, f.fd)));
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.guest_fds.extend(fds);
+        let result = self.guest_input(bytes, sync, out);
+        if let Err(fault) = result {
+            fault.encode(&mut out.to_guest);
+            ClientStats::add(&self.stats.refused, 1);
+            tracing::warn!(client = %self.stats.label, "guest protocol error: {fault}");
+            let e = RelayError::Guest(fault.to_string());
+            self.failed = Some(e.clone());
+            return Err(e);
+        }
         Ok(())
     }
 
     /// Host → guest: `bytes` continue the host's stream, `fds` follow in order.
     ///
-    /// Skeleton: forwards unchanged until the engine lands.
+    /// Events are parsed and filtered (registry) into `out.to_guest` with their fds in
+    /// `out.guest_fds`. A host `wl_display.error` is forwarded, then returned as
+    /// [`RelayError::Host`].
     pub fn from_host(
         &mut self,
         bytes: &[u8],
         fds: Vec<OwnedFd>,
         out: &mut Outgoing,
     ) -> Result<(), RelayError> {
-        let at = out.to_guest.len();
-        out.to_guest.extend_from_slice(bytes);
-        out.guest_fds.extend(fds.into_iter().map(|fd| (at, fd)));
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.host_fds.extend(fds);
+        if let Err(why) = self.host_input(bytes, out) {
+            tracing::warn!(client = %self.stats.label, "host compositor: {why}");
+            let e = RelayError::Host(why);
+            self.failed = Some(e.clone());
+            return Err(e);
+        }
         Ok(())
     }
 }

@@ -1,0 +1,649 @@
+//! Buffers a guest client hands the host: `wl_shm` pools and buffers, `zwp_linux_dmabuf_v1`
+//! params, and per-surface attach and damage for the copy path.
+//!
+//! Every size is checked against the fd behind it (as the transport measured it) with `u64`
+//! checked arithmetic before the request that relies on it is forwarded, so the host compositor
+//! never maps past the end of guest memory. Copy-path buffers are refreshed from guest pages
+//! at `wl_surface.commit`, before the commit reaches the host.
+
+use arrayvec::ArrayVec;
+use crossway_protocols::dmabuf::{FormatModifier, PreferenceList};
+use crossway_protocols::wire::ObjectId;
+use drm_fourcc::DrmFourcc;
+
+use super::fault::{Fault, display, params, shm};
+use super::{BufferPath, GuestFdKind, IdMap, SyncBuffers};
+
+/// Most planes a dmabuf has (linux-dmabuf's plane_idx limit).
+pub const MAX_PLANES: usize = 4;
+
+/// Damage rectangles kept per commit before falling back to the whole buffer.
+const MAX_DAMAGE_RECTS: usize = 64;
+
+/// What the transport said of one fd, as kept for a plane or pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Memory {
+    size: u64,
+    path: BufferPath,
+    resource: Option<u32>,
+}
+
+impl Memory {
+    fn of(kind: &GuestFdKind) -> Option<Memory> {
+        match *kind {
+            GuestFdKind::Memory {
+                size,
+                path,
+                resource,
+            } => Some(Memory {
+                size,
+                path,
+                resource,
+            }),
+            GuestFdKind::Pipe | GuestFdKind::Other => None,
+        }
+    }
+}
+
+/// One plane of a buffer: where its rows lie in its fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plane {
+    memory: Memory,
+    offset: u64,
+    stride: u64,
+    rows: u64,
+}
+
+impl Plane {
+    fn bytes(&self) -> u64 {
+        // Checked at creation: offset + stride × rows fits the fd.
+        self.stride * self.rows
+    }
+}
+
+/// A `wl_buffer` the relay knows the layout of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Buffer {
+    path: BufferPath,
+    planes: ArrayVec<Plane, MAX_PLANES>,
+    /// Copied whole once already (the first commit copies everything, damage or not).
+    synced: bool,
+}
+
+fn buffer_path(planes: &[Plane]) -> BufferPath {
+    if planes.iter().any(|p| p.memory.path == BufferPath::Copy) {
+        BufferPath::Copy
+    } else {
+        planes
+            .first()
+            .map_or(BufferPath::ShmZeroCopy, |p| p.memory.path)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pool {
+    memory: Memory,
+    size: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ParamsPlane {
+    memory: Memory,
+    offset: u32,
+    stride: u32,
+    modifier: u64,
+}
+
+#[derive(Debug, Default)]
+struct Params {
+    planes: [Option<ParamsPlane>; MAX_PLANES],
+    used: bool,
+    /// The layout of a `create` waiting for the host's `created` event.
+    pending: Option<Buffer>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Damage {
+    #[default]
+    None,
+    Full,
+    Rows,
+}
+
+#[derive(Debug, Default)]
+struct Surface {
+    /// `attach` since the last commit: `Some(None)` detaches.
+    attached: Option<Option<ObjectId>>,
+    damage: Damage,
+    /// Buffer rows `[start, end)` damaged, when `damage` is `Rows`.
+    rows: Vec<(i64, i64)>,
+}
+
+/// What a commit did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// A buffer was attached: one frame.
+    pub frame: bool,
+    /// Bytes refreshed from guest pages.
+    pub copied: u64,
+}
+
+/// The buffer state of one client.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    pools: IdMap<Pool>,
+    buffers: IdMap<Buffer>,
+    params: IdMap<Params>,
+    surfaces: IdMap<Surface>,
+    /// Scratch: (resource, offset, length) to refresh at a commit.
+    spans: Vec<(u32, u64, u64)>,
+    /// Scratch: merged ranges of one resource.
+    ranges: Vec<(u64, u64)>,
+}
+
+/// Bytes per pixel of single-plane formats the relay knows (wl_shm's codes 0 and 1 are
+/// ARGB8888 and XRGB8888; every other code is the DRM fourcc).
+pub fn bytes_per_pixel(format: u32) -> Option<u64> {
+    use DrmFourcc as F;
+    let f = match format {
+        0 => F::Argb8888,
+        1 => F::Xrgb8888,
+        f => F::try_from(f).ok()?,
+    };
+    Some(match f {
+        F::Argb8888
+        | F::Xrgb8888
+        | F::Abgr8888
+        | F::Xbgr8888
+        | F::Rgba8888
+        | F::Rgbx8888
+        | F::Bgra8888
+        | F::Bgrx8888
+        | F::Argb2101010
+        | F::Xrgb2101010
+        | F::Abgr2101010
+        | F::Xbgr2101010 => 4,
+        F::Rgb888 | F::Bgr888 => 3,
+        F::Rgb565 | F::Bgr565 | F::Argb1555 | F::Xrgb1555 | F::Rg88 | F::Gr88 | F::R16 => 2,
+        F::R8 | F::C8 => 1,
+        F::Abgr16161616f | F::Xbgr16161616f | F::Argb16161616f | F::Xrgb16161616f => 8,
+        _ => return None,
+    })
+}
+
+/// Rows of `plane` for an image `height` rows tall: half for the chroma planes of 4:2:0
+/// formats, all of them otherwise (an over-estimate for formats not listed, never an
+/// under-estimate).
+pub fn plane_rows(format: u32, plane: usize, height: u64) -> u64 {
+    use DrmFourcc as F;
+    let half = matches!(
+        F::try_from(format),
+        Ok(F::Nv12 | F::Nv21 | F::P010 | F::P012 | F::P016 | F::Yuv420 | F::Yvu420)
+    );
+    if plane > 0 && half {
+        height.div_ceil(2)
+    } else {
+        height
+    }
+}
+
+impl Buffers {
+    /// Drops what was known of an id the map just gave a new object.
+    pub fn forget(&mut self, id: ObjectId) {
+        let k = id.get();
+        self.pools.remove(&k);
+        self.buffers.remove(&k);
+        self.params.remove(&k);
+        self.surfaces.remove(&k);
+    }
+
+    /// `wl_shm.create_pool(pool, fd, size)`.
+    pub fn create_pool(
+        &mut self,
+        shm_object: ObjectId,
+        pool: ObjectId,
+        fd: &GuestFdKind,
+        size: i32,
+        max: u64,
+    ) -> Result<(), Fault> {
+        let memory = Memory::of(fd).ok_or_else(|| {
+            Fault::new(shm_object, shm::INVALID_FD, "pool fd is not shared memory")
+        })?;
+        let size = check_pool_size(shm_object, size, &memory, max)?;
+        self.pools.insert(pool.get(), Pool { memory, size });
+        Ok(())
+    }
+
+    /// `wl_shm_pool.resize(size)`: only grows, within the fd and the limit.
+    pub fn resize_pool(&mut self, pool: ObjectId, size: i32, max: u64) -> Result<(), Fault> {
+        let p = self
+            .pools
+            .get_mut(&pool.get())
+            .ok_or_else(|| unknown_to_relay(pool))?;
+        let new = check_pool_size(pool, size, &p.memory, max)?;
+        if new < p.size {
+            return Err(Fault::new(
+                pool,
+                shm::INVALID_STRIDE,
+                format!("pool cannot shrink from {} to {new} bytes", p.size),
+            ));
+        }
+        p.size = new;
+        Ok(())
+    }
+
+    /// `wl_shm_pool.destroy`: its buffers keep their own layout.
+    pub fn destroy_pool(&mut self, pool: ObjectId) {
+        self.pools.remove(&pool.get());
+    }
+
+    /// `wl_shm_pool.create_buffer(buffer, offset, width, height, stride, format)`, checked as
+    /// libwayland does plus the format's row size; returns the buffer's path.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_buffer(
+        &mut self,
+        pool: ObjectId,
+        buffer: ObjectId,
+        offset: i32,
+        width: i32,
+        height: i32,
+        stride: i32,
+        format: u32,
+    ) -> Result<BufferPath, Fault> {
+        let p = *self
+            .pools
+            .get(&pool.get())
+            .ok_or_else(|| unknown_to_relay(pool))?;
+        let bad = |why: String| Fault::new(pool, shm::INVALID_STRIDE, why);
+        let (Ok(offset), Ok(width), Ok(height), Ok(stride)) = (
+            u64::try_from(offset),
+            u64::try_from(width),
+            u64::try_from(height),
+            u64::try_from(stride),
+        ) else {
+            return Err(bad(format!(
+                "negative buffer geometry: offset {offset}, {width}x{height}, stride {stride}"
+            )));
+        };
+        if width == 0 || height == 0 {
+            return Err(bad(format!("empty buffer {width}x{height}")));
+        }
+        let row = width
+            .checked_mul(bytes_per_pixel(format).unwrap_or(1))
+            .ok_or_else(|| bad("row size overflows".into()))?;
+        if stride < row {
+            return Err(bad(format!(
+                "stride {stride} is less than a row of {row} bytes"
+            )));
+        }
+        let end = stride
+            .checked_mul(height)
+            .and_then(|b| b.checked_add(offset))
+            .ok_or_else(|| bad("buffer size overflows".into()))?;
+        if end > p.size {
+            return Err(bad(format!(
+                "buffer ends at byte {end}, past the pool's {} bytes",
+                p.size
+            )));
+        }
+        let mut planes = ArrayVec::new();
+        planes.push(Plane {
+            memory: p.memory,
+            offset,
+            stride,
+            rows: height,
+        });
+        let path = buffer_path(&planes);
+        self.buffers.insert(
+            buffer.get(),
+            Buffer {
+                path,
+                planes,
+                synced: false,
+            },
+        );
+        Ok(path)
+    }
+
+    /// `wl_buffer.destroy`.
+    pub fn destroy_buffer(&mut self, buffer: ObjectId) {
+        self.buffers.remove(&buffer.get());
+    }
+
+    /// `zwp_linux_dmabuf_v1.create_params(params)`.
+    pub fn create_params(&mut self, id: ObjectId) {
+        self.params.insert(id.get(), Params::default());
+    }
+
+    /// `zwp_linux_buffer_params_v1.destroy`.
+    pub fn destroy_params(&mut self, id: ObjectId) {
+        self.params.remove(&id.get());
+    }
+
+    /// `zwp_linux_buffer_params_v1.add(fd, plane_idx, offset, stride, modifier_hi, modifier_lo)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn params_add(
+        &mut self,
+        id: ObjectId,
+        fd: &GuestFdKind,
+        plane_idx: u32,
+        offset: u32,
+        stride: u32,
+        modifier_hi: u32,
+        modifier_lo: u32,
+    ) -> Result<(), Fault> {
+        let p = self
+            .params
+            .get_mut(&id.get())
+            .ok_or_else(|| unknown_to_relay(id))?;
+        if p.used {
+            return Err(Fault::new(id, params::ALREADY_USED, "params already used"));
+        }
+        let memory = Memory::of(fd).ok_or_else(|| {
+            Fault::new(
+                id,
+                params::OUT_OF_BOUNDS,
+                format!("plane {plane_idx} fd is not a buffer"),
+            )
+        })?;
+        let slot = usize::try_from(plane_idx)
+            .ok()
+            .and_then(|i| p.planes.get_mut(i))
+            .ok_or_else(|| {
+                Fault::new(
+                    id,
+                    params::PLANE_IDX,
+                    format!("plane index {plane_idx} is not below {MAX_PLANES}"),
+                )
+            })?;
+        if slot.is_some() {
+            return Err(Fault::new(
+                id,
+                params::PLANE_SET,
+                format!("plane {plane_idx} already set"),
+            ));
+        }
+        *slot = Some(ParamsPlane {
+            memory,
+            offset,
+            stride,
+            modifier: (u64::from(modifier_hi) << 32) | u64::from(modifier_lo),
+        });
+        Ok(())
+    }
+
+    /// `create` (`buffer` `None`: the host names it in `created`) or `create_immed`; every
+    /// check of the protocol and the plane layout against the fds; returns the buffer's path.
+    pub fn params_create(
+        &mut self,
+        id: ObjectId,
+        buffer: Option<ObjectId>,
+        width: i32,
+        height: i32,
+        format: u32,
+        host_formats: Option<&PreferenceList>,
+    ) -> Result<BufferPath, Fault> {
+        let p = self
+            .params
+            .get_mut(&id.get())
+            .ok_or_else(|| unknown_to_relay(id))?;
+        let fault = |code, why: String| Fault::new(id, code, why);
+        if p.used {
+            return Err(fault(params::ALREADY_USED, "params already used".into()));
+        }
+        p.used = true;
+        let count = p.planes.iter().take_while(|s| s.is_some()).count();
+        if count == 0 || p.planes[count..].iter().any(Option::is_some) {
+            return Err(fault(
+                params::INCOMPLETE,
+                "planes must be set from 0 without gaps".into(),
+            ));
+        }
+        let set = || p.planes.iter().flatten();
+        let modifier = set().next().map_or(0, |pl| pl.modifier);
+        if set().any(|pl| pl.modifier != modifier) {
+            return Err(fault(
+                params::INVALID_FORMAT,
+                "planes have different modifiers".into(),
+            ));
+        }
+        let pair = FormatModifier { format, modifier };
+        if !host_formats.is_some_and(|list| list.contains(pair)) {
+            return Err(fault(
+                params::INVALID_FORMAT,
+                format!("{pair} is not imported by the host"),
+            ));
+        }
+        let (Ok(w), Ok(h)) = (u64::try_from(width), u64::try_from(height)) else {
+            return Err(fault(
+                params::INVALID_DIMENSIONS,
+                format!("invalid size {width}x{height}"),
+            ));
+        };
+        if w == 0 || h == 0 {
+            return Err(fault(
+                params::INVALID_DIMENSIONS,
+                format!("invalid size {width}x{height}"),
+            ));
+        }
+        let mut planes = ArrayVec::<Plane, MAX_PLANES>::new();
+        for (i, pl) in set().enumerate() {
+            let rows = plane_rows(format, i, h);
+            let (offset, stride) = (u64::from(pl.offset), u64::from(pl.stride));
+            let end = stride
+                .checked_mul(rows)
+                .and_then(|b| b.checked_add(offset))
+                .ok_or_else(|| fault(params::OUT_OF_BOUNDS, format!("plane {i} overflows")))?;
+            if end > pl.memory.size {
+                return Err(fault(
+                    params::OUT_OF_BOUNDS,
+                    format!(
+                        "plane {i} ends at byte {end}, past its {} bytes",
+                        pl.memory.size
+                    ),
+                ));
+            }
+            if count == 1
+                && let Some(bpp) = bytes_per_pixel(format)
+                && stride < w.saturating_mul(bpp)
+            {
+                return Err(fault(
+                    params::OUT_OF_BOUNDS,
+                    format!("plane {i} stride {stride} is less than a row of {width} pixels"),
+                ));
+            }
+            // Two planes in the same guest resource must not overlap.
+            for (j, other) in planes.iter().enumerate() {
+                let same =
+                    pl.memory.resource.is_some() && other.memory.resource == pl.memory.resource;
+                if same && offset < other.offset + other.bytes() && other.offset < end {
+                    return Err(fault(
+                        params::OUT_OF_BOUNDS,
+                        format!("planes {j} and {i} overlap"),
+                    ));
+                }
+            }
+            planes.push(Plane {
+                memory: pl.memory,
+                offset,
+                stride,
+                rows,
+            });
+        }
+        let path = buffer_path(&planes);
+        let made = Buffer {
+            path,
+            planes,
+            synced: false,
+        };
+        match buffer {
+            Some(b) => {
+                self.buffers.insert(b.get(), made);
+            }
+            None => p.pending = Some(made),
+        }
+        Ok(path)
+    }
+
+    /// The host's `zwp_linux_buffer_params_v1.created(buffer)`.
+    pub fn params_created(&mut self, id: ObjectId, buffer: ObjectId) {
+        if let Some(made) = self
+            .params
+            .get_mut(&id.get())
+            .and_then(|p| p.pending.take())
+        {
+            self.buffers.insert(buffer.get(), made);
+        }
+    }
+
+    /// `wl_surface.attach(buffer, ..)`.
+    pub fn attach(&mut self, surface: ObjectId, buffer: Option<ObjectId>) {
+        self.surfaces.entry(surface.get()).or_default().attached = Some(buffer);
+    }
+
+    /// `wl_surface.damage`: surface coordinates, so (without tracking scale, transform and
+    /// viewport) the whole buffer.
+    pub fn damage_surface(&mut self, surface: ObjectId) {
+        self.surfaces.entry(surface.get()).or_default().damage = Damage::Full;
+    }
+
+    /// `wl_surface.damage_buffer(x, y, width, height)`: exact rows.
+    pub fn damage_buffer(&mut self, surface: ObjectId, _x: i32, y: i32, width: i32, height: i32) {
+        let s = self.surfaces.entry(surface.get()).or_default();
+        if width <= 0 || height <= 0 || s.damage == Damage::Full {
+            return;
+        }
+        if s.damage == Damage::None {
+            s.rows.clear();
+        }
+        if s.rows.len() >= MAX_DAMAGE_RECTS {
+            s.damage = Damage::Full;
+            return;
+        }
+        let y = i64::from(y);
+        s.rows.push((y, y + i64::from(height)));
+        s.damage = Damage::Rows;
+    }
+
+    /// `wl_surface.destroy`.
+    pub fn destroy_surface(&mut self, surface: ObjectId) {
+        self.surfaces.remove(&surface.get());
+    }
+
+    /// `wl_surface.commit`: refreshes a copy-path buffer's damaged rows before the commit is
+    /// forwarded.
+    pub fn commit(
+        &mut self,
+        surface: ObjectId,
+        sync: &mut dyn SyncBuffers,
+    ) -> Result<Committed, Fault> {
+        let Some(s) = self.surfaces.get_mut(&surface.get()) else {
+            return Ok(Committed::default());
+        };
+        let attached = s.attached.take();
+        let damage = std::mem::take(&mut s.damage);
+        let Some(Some(buffer)) = attached else {
+            return Ok(Committed::default());
+        };
+        let mut done = Committed {
+            frame: true,
+            copied: 0,
+        };
+        let Some(b) = self.buffers.get_mut(&buffer.get()) else {
+            return Ok(done);
+        };
+        if b.path != BufferPath::Copy {
+            return Ok(done);
+        }
+        self.spans.clear();
+        let first = !b.synced;
+        for (i, plane) in b.planes.iter().enumerate() {
+            if plane.memory.path != BufferPath::Copy {
+                continue;
+            }
+            let resource = plane.memory.resource.ok_or_else(|| {
+                Fault::new(
+                    buffer,
+                    display::IMPLEMENTATION,
+                    "copy-path buffer has no resource to refresh",
+                )
+            })?;
+            match (first, damage) {
+                (false, Damage::None) => {}
+                (false, Damage::Rows) if i == 0 => {
+                    for &(y0, y1) in &s.rows {
+                        let rows = i64::try_from(plane.rows).unwrap_or(i64::MAX);
+                        let (y0, y1) = (y0.clamp(0, rows), y1.clamp(0, rows));
+                        if y0 < y1 {
+                            // Within the plane: 0 <= y0 < y1 <= rows.
+                            let (y0, y1) = (y0 as u64, y1 as u64);
+                            self.spans.push((
+                                resource,
+                                plane.offset + y0 * plane.stride,
+                                (y1 - y0) * plane.stride,
+                            ));
+                        }
+                    }
+                }
+                _ => self.spans.push((resource, plane.offset, plane.bytes())),
+            }
+        }
+        b.synced = true;
+        self.spans.sort_unstable();
+        let mut rest = &self.spans[..];
+        while let Some(&(resource, _, _)) = rest.first() {
+            let n = rest.iter().take_while(|s| s.0 == resource).count();
+            self.ranges.clear();
+            for &(_, start, len) in &rest[..n] {
+                match self.ranges.last_mut() {
+                    Some((s0, l0)) if start <= *s0 + *l0 => {
+                        *l0 = (*l0).max(start + len - *s0);
+                    }
+                    _ => self.ranges.push((start, len)),
+                }
+            }
+            rest = &rest[n..];
+            done.copied += sync.sync(resource, &self.ranges).map_err(|e| {
+                Fault::new(
+                    surface,
+                    display::IMPLEMENTATION,
+                    format!("refreshing resource {resource}: {e}"),
+                )
+            })?;
+        }
+        Ok(done)
+    }
+}
+
+fn check_pool_size(object: ObjectId, size: i32, memory: &Memory, max: u64) -> Result<u64, Fault> {
+    let size = u64::try_from(size)
+        .ok()
+        .filter(|&s| s > 0)
+        .ok_or_else(|| Fault::new(object, shm::INVALID_STRIDE, format!("invalid size {size}")))?;
+    if size > memory.size {
+        return Err(Fault::new(
+            object,
+            shm::INVALID_FD,
+            format!(
+                "pool of {size} bytes is larger than its fd ({})",
+                memory.size
+            ),
+        ));
+    }
+    if size > max {
+        return Err(Fault::new(
+            object,
+            shm::INVALID_STRIDE,
+            format!("pool of {size} bytes is over the limit max_shm_pool_bytes = {max}"),
+        ));
+    }
+    Ok(size)
+}
+
+fn unknown_to_relay(id: ObjectId) -> Fault {
+    Fault::new(
+        id,
+        display::IMPLEMENTATION,
+        "object unknown to the relay's buffer state",
+    )
+}

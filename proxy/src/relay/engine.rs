@@ -1,0 +1,540 @@
+//! The per-message work of [`Relay`]: framing and reassembly, parsing with the object map, the
+//! interface-specific checks and rewrites, forwarding with fds tagged by message offset.
+//!
+//! Unchanged messages are copied as received; only rewritten ones (tagged titles and app ids,
+//! capped global versions) are encoded again. Nothing is allocated per message on the frame
+//! loop: scratch buffers live in the relay.
+
+use std::ffi::CStr;
+
+use arrayvec::ArrayVec;
+use crossway_protocols::tables::ProtocolTable;
+use crossway_protocols::wire::{self, Arg, MAX_ARGS, Message, ObjectId};
+
+use super::fault::{Fault, display};
+use super::policy::Tagging;
+use super::{ClientStats, GuestFd, Outgoing, Relay, SyncBuffers};
+
+/// Opcodes the relay acts on, by interface (checked against the tables by a test).
+pub(super) mod op {
+    pub const DISPLAY_ERROR: u16 = 0;
+    pub const REGISTRY_BIND: u16 = 0;
+    pub const REGISTRY_GLOBAL: u16 = 0;
+    pub const REGISTRY_GLOBAL_REMOVE: u16 = 1;
+    pub const SHM_CREATE_POOL: u16 = 0;
+    pub const POOL_CREATE_BUFFER: u16 = 0;
+    pub const POOL_DESTROY: u16 = 1;
+    pub const POOL_RESIZE: u16 = 2;
+    pub const BUFFER_DESTROY: u16 = 0;
+    pub const SURFACE_DESTROY: u16 = 0;
+    pub const SURFACE_ATTACH: u16 = 1;
+    pub const SURFACE_DAMAGE: u16 = 2;
+    pub const SURFACE_COMMIT: u16 = 6;
+    pub const SURFACE_DAMAGE_BUFFER: u16 = 9;
+    pub const DMABUF_CREATE_PARAMS: u16 = 1;
+    pub const PARAMS_DESTROY: u16 = 0;
+    pub const PARAMS_ADD: u16 = 1;
+    pub const PARAMS_CREATE: u16 = 2;
+    pub const PARAMS_CREATE_IMMED: u16 = 3;
+    pub const PARAMS_CREATED: u16 = 0;
+    pub const XDG_SURFACE_GET_TOPLEVEL: u16 = 1;
+    pub const TOPLEVEL_SET_TITLE: u16 = 2;
+    pub const TOPLEVEL_SET_APP_ID: u16 = 3;
+}
+
+/// The VM's prefixes, rendered once per client.
+#[derive(Debug)]
+pub(super) struct Tags {
+    title_prefix: String,
+    app_id_prefix: String,
+    /// Sent right after `get_toplevel`, so an untitled window is tagged too.
+    bare_title: String,
+    bare_app_id: String,
+}
+
+impl Tags {
+    pub(super) fn new(tagging: &Tagging) -> Option<Tags> {
+        // A NUL could not travel in a Wayland string; the policy file refuses them already.
+        let clean = |s: String| s.replace('\0', "");
+        let title_prefix = clean(tagging.title_prefix()?);
+        let app_id_prefix = clean(tagging.app_id_prefix()?);
+        let bare_title = title_prefix.trim().to_owned();
+        let bare_app_id = app_id_prefix
+            .trim()
+            .trim_end_matches(['.', '-', '_', ':', '/'])
+            .to_owned();
+        Some(Tags {
+            title_prefix,
+            app_id_prefix,
+            bare_title,
+            bare_app_id,
+        })
+    }
+}
+
+/// Buffers reused across messages.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    text: String,
+    bytes: Vec<u8>,
+}
+
+impl Scratch {
+    /// `prefix` + `value`, cut to `max` bytes on a character boundary, as a C string.
+    fn tagged(&mut self, prefix: &str, value: &[u8], max: usize) -> Result<&CStr, Fault> {
+        self.text.clear();
+        self.text.push_str(prefix);
+        self.text.push_str(&String::from_utf8_lossy(value));
+        let mut end = self.text.len().min(max);
+        while !self.text.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.text.truncate(end);
+        self.bytes.clear();
+        self.bytes.extend_from_slice(self.text.as_bytes());
+        self.bytes.push(0);
+        CStr::from_bytes_with_nul(&self.bytes)
+            .map_err(|e| Fault::display(display::IMPLEMENTATION, format!("tagging: {e}")))
+    }
+}
+
+/// Counters of one call, added to the shared atomics once at its end.
+#[derive(Debug, Default)]
+struct Counts {
+    messages: u64,
+    frames: u64,
+    copied: u64,
+}
+
+fn shape(interface: &str, message: &str) -> Fault {
+    Fault::display(
+        display::IMPLEMENTATION,
+        format!("{interface}.{message}: arguments not as the relay expects"),
+    )
+}
+
+fn is_tracked(interface: &str) -> bool {
+    matches!(
+        interface,
+        "wl_surface" | "wl_buffer" | "wl_shm_pool" | "zwp_linux_buffer_params_v1"
+    )
+}
+
+impl Relay {
+    pub(super) fn guest_input(
+        &mut self,
+        bytes: &[u8],
+        sync: &mut dyn SyncBuffers,
+        out: &mut Outgoing,
+    ) -> Result<(), Fault> {
+        let start = out.to_host.len();
+        let mut counts = Counts::default();
+        let result = if self.guest_pending.is_empty() {
+            self.guest_messages(bytes, sync, out, &mut counts)
+                .map(|used| self.guest_pending.extend_from_slice(&bytes[used..]))
+        } else {
+            let mut buf = std::mem::take(&mut self.guest_pending);
+            buf.extend_from_slice(bytes);
+            let r = self.guest_messages(&buf, sync, out, &mut counts);
+            if let Ok(used) = r {
+                buf.drain(..used);
+            }
+            self.guest_pending = buf;
+            r.map(|_| ())
+        };
+        let s = &self.stats;
+        ClientStats::add(&s.messages_to_host, counts.messages);
+        ClientStats::add(&s.bytes_to_host, (out.to_host.len() - start) as u64);
+        ClientStats::add(&s.frames, counts.frames);
+        ClientStats::add(&s.bytes_copied, counts.copied);
+        result?;
+        let limit = self.config.limits.max_pending_fds;
+        if self.guest_fds.len() > limit {
+            return Err(Fault::display(
+                display::NO_MEMORY,
+                format!(
+                    "{} fds not matched to any message, over the limit max_pending_fds = {limit}",
+                    self.guest_fds.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Relays every complete message of `data`; returns the bytes used.
+    fn guest_messages(
+        &mut self,
+        data: &[u8],
+        sync: &mut dyn SyncBuffers,
+        out: &mut Outgoing,
+        counts: &mut Counts,
+    ) -> Result<usize, Fault> {
+        let mut pos = 0;
+        while let Some(msg) = wire::next_message(&data[pos..]).map_err(|e| Fault::from_wire(&e))? {
+            let len = msg.len();
+            self.guest_message(&data[pos..pos + len], &msg, sync, out, counts)?;
+            pos += len;
+        }
+        let rest = &data[pos..];
+        let max = self.config.limits.max_pending_bytes;
+        let declared = wire::Header::parse(rest).map_or(0, |h| usize::from(h.size));
+        if rest.len() > max || declared > max {
+            return Err(Fault::display(
+                display::NO_MEMORY,
+                format!(
+                    "partial message of {} bytes, over the limit max_pending_bytes = {max}",
+                    declared.max(rest.len())
+                ),
+            ));
+        }
+        Ok(pos)
+    }
+
+    fn guest_message(
+        &mut self,
+        raw: &[u8],
+        msg: &Message<'_>,
+        sync: &mut dyn SyncBuffers,
+        out: &mut Outgoing,
+        counts: &mut Counts,
+    ) -> Result<(), Fault> {
+        let sender = msg.header.object;
+        let opcode = msg.header.opcode;
+        let p = self
+            .map
+            .process_request(ProtocolTable::builtin(), msg, self.guest_fds.len())
+            .map_err(|e| Fault::from_object(sender, &e))?;
+        let mut fds = ArrayVec::<GuestFd, MAX_ARGS>::new();
+        for _ in 0..p.args.fd_count() {
+            // The decoder checked that the queue holds this many.
+            if let Some(fd) = self.guest_fds.pop_front() {
+                fds.push(fd);
+            }
+        }
+        if let Some((id, interface)) = p.created
+            && is_tracked(interface.name)
+        {
+            self.buffers.forget(id);
+        }
+        let args = p.args.as_slice();
+        let iface = p.interface.name;
+        let name = p.desc.name;
+        let limits = &self.config.limits;
+        let at = out.to_host.len();
+        let mut rewritten = false;
+        let mut toplevel = None;
+        match (iface, opcode) {
+            ("wl_registry", op::REGISTRY_BIND) => {
+                let [
+                    Arg::Uint(global),
+                    Arg::Str(Some(interface)),
+                    Arg::Uint(version),
+                    _,
+                ] = args
+                else {
+                    return Err(shape(iface, name));
+                };
+                self.registry
+                    .check_bind(sender, *global, interface, *version)?;
+            }
+            ("wl_shm", op::SHM_CREATE_POOL) => {
+                let ([Arg::NewId(pool), Arg::Fd, Arg::Int(size)], [fd]) = (args, &fds[..]) else {
+                    return Err(shape(iface, name));
+                };
+                self.buffers.create_pool(
+                    sender,
+                    *pool,
+                    &fd.kind,
+                    *size,
+                    limits.max_shm_pool_bytes,
+                )?;
+            }
+            ("wl_shm_pool", op::POOL_CREATE_BUFFER) => {
+                let [
+                    Arg::NewId(buffer),
+                    Arg::Int(offset),
+                    Arg::Int(width),
+                    Arg::Int(height),
+                    Arg::Int(stride),
+                    Arg::Uint(format),
+                ] = args
+                else {
+                    return Err(shape(iface, name));
+                };
+                let path = self
+                    .buffers
+                    .create_buffer(sender, *buffer, *offset, *width, *height, *stride, *format)?;
+                self.stats.count_buffer(path);
+            }
+            ("wl_shm_pool", op::POOL_RESIZE) => {
+                let [Arg::Int(size)] = args else {
+                    return Err(shape(iface, name));
+                };
+                self.buffers
+                    .resize_pool(sender, *size, limits.max_shm_pool_bytes)?;
+            }
+            ("wl_shm_pool", op::POOL_DESTROY) => self.buffers.destroy_pool(sender),
+            ("wl_buffer", op::BUFFER_DESTROY) => self.buffers.destroy_buffer(sender),
+            ("wl_surface", op::SURFACE_ATTACH) => {
+                let [Arg::Object(buffer), _, _] = args else {
+                    return Err(shape(iface, name));
+                };
+                self.buffers.attach(sender, *buffer);
+            }
+            ("wl_surface", op::SURFACE_DAMAGE) => self.buffers.damage_surface(sender),
+            ("wl_surface", op::SURFACE_DAMAGE_BUFFER) => {
+                let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
+                    return Err(shape(iface, name));
+                };
+                self.buffers.damage_buffer(sender, *x, *y, *w, *h);
+            }
+            ("wl_surface", op::SURFACE_COMMIT) => {
+                let done = self.buffers.commit(sender, sync)?;
+                counts.frames += u64::from(done.frame);
+                counts.copied += done.copied;
+            }
+            ("wl_surface", op::SURFACE_DESTROY) => self.buffers.destroy_surface(sender),
+            ("zwp_linux_dmabuf_v1", op::DMABUF_CREATE_PARAMS) => {
+                let [Arg::NewId(params)] = args else {
+                    return Err(shape(iface, name));
+                };
+                self.buffers.create_params(*params);
+            }
+            ("zwp_linux_buffer_params_v1", op::PARAMS_DESTROY) => {
+                self.buffers.destroy_params(sender)
+            }
+            ("zwp_linux_buffer_params_v1", op::PARAMS_ADD) => {
+                let (
+                    [
+                        Arg::Fd,
+                        Arg::Uint(plane),
+                        Arg::Uint(offset),
+                        Arg::Uint(stride),
+                        Arg::Uint(hi),
+                        Arg::Uint(lo),
+                    ],
+                    [fd],
+                ) = (args, &fds[..])
+                else {
+                    return Err(shape(iface, name));
+                };
+                self.buffers
+                    .params_add(sender, &fd.kind, *plane, *offset, *stride, *hi, *lo)?;
+            }
+            ("zwp_linux_buffer_params_v1", op::PARAMS_CREATE | op::PARAMS_CREATE_IMMED) => {
+                let (buffer, rest) = match args {
+                    [Arg::NewId(b), rest @ ..] => (Some(*b), rest),
+                    rest => (None, rest),
+                };
+                let [
+                    Arg::Int(w),
+                    Arg::Int(h),
+                    Arg::Uint(format),
+                    Arg::Uint(_flags),
+                ] = rest
+                else {
+                    return Err(shape(iface, name));
+                };
+                let path = self.buffers.params_create(
+                    sender,
+                    buffer,
+                    *w,
+                    *h,
+                    *format,
+                    self.config.host_formats.as_deref(),
+                )?;
+                self.stats.count_buffer(path);
+            }
+            ("xdg_surface", op::XDG_SURFACE_GET_TOPLEVEL) => {
+                let [Arg::NewId(id)] = args else {
+                    return Err(shape(iface, name));
+                };
+                toplevel = Some(*id);
+            }
+            ("xdg_toplevel", op::TOPLEVEL_SET_TITLE | op::TOPLEVEL_SET_APP_ID) => {
+                if let Some(tags) = &self.tags {
+                    let [Arg::Str(Some(value))] = args else {
+                        return Err(shape(iface, name));
+                    };
+                    let prefix = if opcode == op::TOPLEVEL_SET_TITLE {
+                        &tags.title_prefix
+                    } else {
+                        &tags.app_id_prefix
+                    };
+                    let tagged =
+                        self.scratch
+                            .tagged(prefix, value.to_bytes(), limits.max_string_bytes)?;
+                    encode(&mut out.to_host, sender, opcode, &[Arg::Str(Some(tagged))])?;
+                    rewritten = true;
+                }
+            }
+            _ => {}
+        }
+        if !rewritten {
+            out.to_host.extend_from_slice(raw);
+        }
+        out.host_fds.extend(fds.into_iter().map(|f| (at, f.fd)));
+        counts.messages += 1;
+        if let (Some(id), Some(tags)) = (toplevel, &self.tags) {
+            let max = limits.max_string_bytes;
+            for (opcode, bare) in [
+                (op::TOPLEVEL_SET_TITLE, &tags.bare_title),
+                (op::TOPLEVEL_SET_APP_ID, &tags.bare_app_id),
+            ] {
+                let value = self.scratch.tagged(bare, b"", max)?;
+                encode(&mut out.to_host, id, opcode, &[Arg::Str(Some(value))])?;
+                counts.messages += 1;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn host_input(&mut self, bytes: &[u8], out: &mut Outgoing) -> Result<(), String> {
+        let start = out.to_guest.len();
+        let mut messages = 0;
+        let result = if self.host_pending.is_empty() {
+            self.host_messages(bytes, out, &mut messages)
+                .map(|used| self.host_pending.extend_from_slice(&bytes[used..]))
+        } else {
+            let mut buf = std::mem::take(&mut self.host_pending);
+            buf.extend_from_slice(bytes);
+            let r = self.host_messages(&buf, out, &mut messages);
+            if let Ok(used) = r {
+                buf.drain(..used);
+            }
+            self.host_pending = buf;
+            r.map(|_| ())
+        };
+        ClientStats::add(&self.stats.messages_to_guest, messages);
+        ClientStats::add(
+            &self.stats.bytes_to_guest,
+            (out.to_guest.len() - start) as u64,
+        );
+        result?;
+        let limit = self.config.limits.max_pending_fds;
+        if self.host_fds.len() > limit {
+            return Err(format!(
+                "{} fds not matched to any event, over the limit max_pending_fds = {limit}",
+                self.host_fds.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn host_messages(
+        &mut self,
+        data: &[u8],
+        out: &mut Outgoing,
+        messages: &mut u64,
+    ) -> Result<usize, String> {
+        let mut pos = 0;
+        while let Some(msg) = wire::next_message(&data[pos..]).map_err(|e| e.to_string())? {
+            let len = msg.len();
+            self.host_message(&data[pos..pos + len], &msg, out, messages)?;
+            pos += len;
+        }
+        let rest = &data[pos..];
+        let max = self.config.limits.max_pending_bytes;
+        let declared = wire::Header::parse(rest).map_or(0, |h| usize::from(h.size));
+        if rest.len() > max || declared > max {
+            return Err(format!(
+                "partial event of {} bytes, over the limit max_pending_bytes = {max}",
+                declared.max(rest.len())
+            ));
+        }
+        Ok(pos)
+    }
+
+    fn host_message(
+        &mut self,
+        raw: &[u8],
+        msg: &Message<'_>,
+        out: &mut Outgoing,
+        messages: &mut u64,
+    ) -> Result<(), String> {
+        let sender = msg.header.object;
+        let opcode = msg.header.opcode;
+        let p = self
+            .map
+            .process_event(ProtocolTable::builtin(), msg, self.host_fds.len())
+            .map_err(|e| e.to_string())?;
+        let args = p.args.as_slice();
+        let iface = p.interface.name;
+        let at = out.to_guest.len();
+        let mut forward = true;
+        let mut rewritten = false;
+        let mut host_error = None;
+        match (iface, opcode) {
+            ("wl_display", op::DISPLAY_ERROR) => {
+                host_error = Some(match args {
+                    [Arg::Object(object), Arg::Uint(code), Arg::Str(text)] => format!(
+                        "error on object {} code {code}: {}",
+                        wire::ObjectId::raw(*object),
+                        text.map(CStr::to_string_lossy).unwrap_or_default()
+                    ),
+                    _ => "wl_display.error".to_owned(),
+                });
+            }
+            ("wl_registry", op::REGISTRY_GLOBAL) => {
+                let [
+                    Arg::Uint(global),
+                    Arg::Str(Some(interface)),
+                    Arg::Uint(version),
+                ] = args
+                else {
+                    return Err("wl_registry.global with unexpected arguments".into());
+                };
+                match self.registry.on_global(
+                    &self.config.policy,
+                    self.config.host_formats.is_some(),
+                    *global,
+                    interface,
+                    *version,
+                ) {
+                    None => forward = false,
+                    Some(v) if v == *version => {}
+                    Some(v) => {
+                        let capped = [Arg::Uint(*global), Arg::Str(Some(interface)), Arg::Uint(v)];
+                        wire::encode_unchecked(&mut out.to_guest, sender, opcode, &capped)
+                            .map_err(|e| e.to_string())?;
+                        rewritten = true;
+                    }
+                }
+            }
+            ("wl_registry", op::REGISTRY_GLOBAL_REMOVE) => {
+                if let [Arg::Uint(global)] = args {
+                    forward = self.registry.on_global_remove(*global);
+                }
+            }
+            ("zwp_linux_buffer_params_v1", op::PARAMS_CREATED) => {
+                if let [Arg::NewId(buffer)] = args {
+                    self.buffers.params_created(sender, *buffer);
+                }
+            }
+            _ => {}
+        }
+        for _ in 0..p.args.fd_count() {
+            if let Some(fd) = self.host_fds.pop_front()
+                && forward
+            {
+                out.guest_fds.push((at, fd));
+            }
+        }
+        if forward {
+            if !rewritten {
+                out.to_guest.extend_from_slice(raw);
+            }
+            *messages += 1;
+        }
+        match host_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn encode(out: &mut Vec<u8>, object: ObjectId, opcode: u16, args: &[Arg<'_>]) -> Result<(), Fault> {
+    wire::encode_unchecked(out, object, opcode, args)
+        .map(|_| ())
+        .map_err(|e| Fault::display(display::IMPLEMENTATION, format!("re-encoding: {e}")))
+}
