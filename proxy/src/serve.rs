@@ -1,7 +1,9 @@
 //! `crossway-proxy serve` and the vhost-user backend conventions libvirt relies on
 //! (docs/interop/vhost-user.rst): `--socket-path`, `--fd`, `--print-capabilities`, and the GPU
 //! options `--render-node` and `--virgl`. The logic lives in `crossway_virtio::backend`; this
-//! module only turns arguments into its configuration.
+//! module only turns arguments into its configuration, with `crate::cross_domain`'s contexts
+//! relaying each Wayland channel to the compositor the relay options name (`--headless`,
+//! `--wayland-display`).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;

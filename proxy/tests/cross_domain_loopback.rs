@@ -327,3 +327,55 @@ fn cross_domain_wayland_init_without_compositor_fails_cleanly() {
     let g = guest(&s.vm, 0);
     drop(g);
 }
+
+/// Round trips `wl_display.sync` → `wl_callback.done` through the whole path (loopback VM,
+/// vhost-user, cross-domain context, relay, headless compositor) and prints the median.
+#[test]
+#[allow(clippy::print_stderr)]
+fn cross_domain_sync_round_trips_complete() {
+    let s = setup("rtt", factory_for);
+    let mut g = guest(&s.vm, 1);
+    let n: u32 = std::env::var("CROSSWAY_XD_RTT_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let table = ProtocolTable::builtin();
+    let sync_sig = table.get("wl_display").unwrap().requests[0].signature;
+    let mut times = Vec::new();
+    for i in 0..n {
+        let id = 2 + i;
+        let mut bytes = Vec::new();
+        wire::encode(
+            &mut bytes,
+            ObjectId::DISPLAY,
+            0,
+            sync_sig,
+            &[Arg::NewId(ObjectId::new(id).unwrap())],
+        )
+        .unwrap();
+        let start = Instant::now();
+        let mut send = Vec::new();
+        cross_domain::encode::send(&mut send, &[], &bytes).unwrap();
+        submit(&mut g.f, &send, None, &[]).unwrap();
+        let mut stream = Vec::new();
+        loop {
+            let Some(page) = poll_message(&mut g, Duration::from_secs(10)) else {
+                panic!("sync {i} not answered; got {:?}", messages(&stream));
+            };
+            let RingMessage::Receive { data, .. } = RingMessage::decode(&page).unwrap() else {
+                panic!("not a RECEIVE");
+            };
+            stream.extend_from_slice(data);
+            if messages(&stream).iter().any(|m| (m.0, m.1) == (id, 0)) {
+                break;
+            }
+        }
+        times.push(start.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "cross-domain sync round trip over {n}: median {:?}, max {:?}",
+        times[times.len() / 2],
+        times[times.len() - 1]
+    );
+}

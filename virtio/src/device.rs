@@ -1210,3 +1210,29 @@ impl ContextResources for View<'_> {
         Ok(total)
     }
 }
+
+#[cfg(test)]
+mod map_access_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::fd::AsFd;
+
+    use super::fd_writable;
+    use crate::memfd::Memfd;
+
+    #[test]
+    fn fd_writable_follows_access_mode_and_write_seals() {
+        let m = Memfd::new("rw", 4096).unwrap();
+        let fd = m.try_clone_fd().unwrap();
+        assert!(fd_writable(fd.as_fd()));
+        // The same memory opened read-only, as compositors hand out keymaps.
+        let ro = std::fs::File::open(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&fd)
+        ))
+        .unwrap();
+        assert!(!fd_writable(ro.as_fd()));
+        rustix::fs::fcntl_add_seals(fd.as_fd(), rustix::fs::SealFlags::WRITE).unwrap();
+        assert!(!fd_writable(fd.as_fd()));
+    }
+}

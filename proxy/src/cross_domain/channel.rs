@@ -322,8 +322,18 @@ impl State {
         FenceStatus::Pending
     }
 
-    /// Ends the channel once: logs why, closes the host connection, tells the guest (EOF).
+    /// Ends the channel after the compositor closed its end: no error.
+    pub fn host_closed(&mut self) {
+        self.finish_channel("the host compositor closed the connection", false);
+    }
+
+    /// Ends the channel once because something failed: logs why (warning), closes the host
+    /// connection, tells the guest (zero-length RECEIVE).
     pub fn end_channel(&mut self, why: &str) {
+        self.finish_channel(why, true);
+    }
+
+    fn finish_channel(&mut self, why: &str, failed: bool) {
         let Some(ch) = self.channel.as_mut() else {
             return;
         };
@@ -332,7 +342,11 @@ impl State {
         };
         let _ = host.shutdown(Shutdown::Both);
         ch.host_out = HostQueue::default();
-        tracing::info!(ctx = self.ctx, reason = why, "cross-domain channel ended");
+        if failed {
+            tracing::warn!(ctx = self.ctx, reason = why, "cross-domain channel ended");
+        } else {
+            tracing::info!(ctx = self.ctx, reason = why, "cross-domain channel ended");
+        }
         self.push_ring(&RingMessage::Receive {
             identifiers: Identifiers::new(),
             data: &[],

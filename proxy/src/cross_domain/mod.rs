@@ -417,8 +417,12 @@ impl CrossDomainContext {
         if closed {
             return Err(ContextError::Other("the Wayland channel has ended".into()));
         }
-        for (id, r) in new_pipes {
-            st.read_pipes.insert(id, Arc::new(r));
+        if !new_pipes.is_empty() {
+            for (id, r) in new_pipes {
+                st.read_pipes.insert(id, Arc::new(r));
+            }
+            // The worker polls a set it built before these existed.
+            sys::wake(st.wake.as_fd());
         }
         let mut out = Outgoing::default();
         let max_queue = st.limits.max_host_queue_bytes;

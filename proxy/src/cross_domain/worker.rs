@@ -156,7 +156,7 @@ fn read_host(state: &Mutex<State>, host: &UnixStream, buf: &mut [u8]) {
     let mut st = lock(state);
     match received {
         Ok(sys::Received::WouldBlock) => {}
-        Ok(sys::Received::Eof) => st.end_channel("the host compositor closed the connection"),
+        Ok(sys::Received::Eof) => st.host_closed(),
         Err(e) => st.end_channel(&format!("reading from the host compositor: {e}")),
         Ok(sys::Received::Data(n, fds)) => {
             let mut out = Outgoing::default();
