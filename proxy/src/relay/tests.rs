@@ -1542,3 +1542,41 @@ fn decoded_error_event_is_well_formed() {
     let sig = ProtocolTable::builtin().get("wl_display").unwrap().events[0].signature;
     assert!(m.decode(sig, 0).is_ok());
 }
+
+#[test]
+fn registry_never_advertises_an_interface_unknown_to_the_tables() {
+    let mut config = Harness::config();
+    config.policy.globals.insert("evil_unknown_v1".into(), 1);
+    let mut h = Harness::with(config);
+    h.guest(
+        Requests::default()
+            .req(1, "wl_display", 1, &[Arg::NewId(id(2))])
+            .0,
+        vec![],
+    )
+    .unwrap();
+    h.host(standard_globals().0).unwrap();
+    assert!(
+        advertised(&h.out.to_guest)
+            .iter()
+            .all(|g| g.1 != "evil_unknown_v1")
+    );
+}
+
+#[test]
+fn policy_file_denial_hides_a_default_global() {
+    let mut config = Harness::config();
+    config.policy = Policy::from_toml("[globals]\nwl_seat = false\n").unwrap();
+    let mut h = Harness::with(config);
+    h.guest(
+        Requests::default()
+            .req(1, "wl_display", 1, &[Arg::NewId(id(2))])
+            .0,
+        vec![],
+    )
+    .unwrap();
+    h.host(standard_globals().0).unwrap();
+    let seen = advertised(&h.out.to_guest);
+    assert!(seen.iter().all(|g| g.1 != "wl_seat"));
+    assert!(seen.iter().any(|g| g.1 == "wl_compositor"));
+}
