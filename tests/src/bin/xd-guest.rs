@@ -14,7 +14,8 @@
 //!   blob mapped and filled at the host's stride, used as the pool (compositor v4,
 //!   `damage_buffer`). Prints `image stride S size N`, then as above with `host-blob`.
 //! - `clipboard-paste`: wl-paste's sequence (seat, keyboard, data device, a 1x1 window for
-//!   focus); on `selection` it asks for text through a read pipe and prints `pasted TEXT`.
+//!   focus); on `selection` it asks for text through a read pipe and prints `pasted TEXT`
+//!   (`--read-first`: waits for the text before dropping its window and syncing).
 //! - `keymap`: binds wl_seat, gets the keyboard, maps the keymap blob and prints
 //!   `keymap format F size N xkb_keymap`.
 //! - `bad-resource`, `bad-pipe`, `bad-size`: a SEND naming a resource that does not exist, a
@@ -87,6 +88,10 @@ struct Cli {
     /// Window app id.
     #[arg(long, default_value = "xd-guest")]
     app_id: String,
+    /// clipboard-paste: wait for the pipe right after `receive`, before wl-paste's
+    /// destroy + sync (nothing else then wakes the host side but the pipe itself).
+    #[arg(long)]
+    read_first: bool,
     /// Keep the window until this path exists.
     #[arg(long, value_name = "PATH")]
     hold_until: Option<PathBuf>,
@@ -694,10 +699,15 @@ fn clipboard_paste(c: &mut Conn, cli: &Cli) -> Result<()> {
         &[SendId::ReadPipe],
     )?;
     // wl-paste then drops its window and syncs, and only then reads the pipe.
-    c.request(top, "destroy", &[], &[])?;
-    c.request(xdg_surface, "destroy", &[], &[])?;
-    c.request(surface, "destroy", &[], &[])?;
-    c.roundtrip()?;
+    let drop_window = |c: &mut Conn| -> Result<()> {
+        c.request(top, "destroy", &[], &[])?;
+        c.request(xdg_surface, "destroy", &[], &[])?;
+        c.request(surface, "destroy", &[], &[])?;
+        c.roundtrip()
+    };
+    if !cli.read_first {
+        drop_window(c)?;
+    }
     let deadline = Instant::now() + TIMEOUT;
     let text = loop {
         if let Some(p) = c.pipes.iter().find(|p| p.2) {
@@ -714,6 +724,9 @@ fn clipboard_paste(c: &mut Conn, cli: &Cli) -> Result<()> {
         c.dispatch(Duration::from_millis(100))?;
     };
     say(&format!("pasted {text}"))?;
+    if cli.read_first {
+        drop_window(c)?;
+    }
     c.request(offer, "destroy", &[], &[])?;
     c.roundtrip()?;
     c.ch.close_blob(blob)?;
