@@ -5,7 +5,10 @@
 //! ```
 //!
 //! The binary's `main` parses [`Cli`], installs logging and calls [`run`]. The relay itself is
-//! the work of the guest-agent issue; today the agent only knows the shared wire contracts.
+//! the work of the guest-agent issue; what exists is [`channel`], one cross-domain Wayland
+//! channel over the virtgpu uAPI (real ioctls or the loopback VM).
+
+pub mod channel;
 
 use anyhow::{Result, bail};
 use clap::Parser;

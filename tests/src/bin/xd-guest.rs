@@ -1,0 +1,849 @@
+//! `crossway-xd-guest SCENARIO`: a guest program for `crossway-proxy vm` that speaks Wayland
+//! over one cross-domain channel directly (`crossway_agent::channel`), with no guest
+//! compositor in between. Requests are built with `wire::encode` against the protocol tables
+//! and replay what real clients send (recorded in `tests/fixtures/streams/`); events are
+//! framed and decoded with an `ObjectMap`, their fds arriving as host items.
+//!
+//! Scenarios (stdout, one fact per line, for tests):
+//! - `registry`: `global INTERFACE VERSION` per global, then `done`.
+//! - `shm-window`: weston-simple-shm's sequence (compositor v1, xdg_wm_base v1, wl_shm v1; a
+//!   toplevel; a guest blob as the wl_shm pool fd; XRGB8888 quadrants red, green, blue, white;
+//!   attach + damage + frame + commit, `--frames` frames paced by `wl_callback.done`).
+//!   Prints `configured`, `buffer WxH guest-blob`, `frame N`, `shown`.
+//! - `host-blob-window`: the same with sommelier's buffers: GET_IMAGE_REQUIREMENTS, a HOST3D
+//!   blob mapped and filled at the host's stride, used as the pool (compositor v4,
+//!   `damage_buffer`). Prints `image stride S size N`, then as above with `host-blob`.
+//! - `clipboard-paste`: wl-paste's sequence (seat, keyboard, data device, a 1x1 window for
+//!   focus); on `selection` it asks for text through a read pipe and prints `pasted TEXT`
+//!   (`--read-first`: waits for the text before dropping its window and syncing).
+//! - `keymap`: binds wl_seat, gets the keyboard, maps the keymap blob and prints
+//!   `keymap format F size N xkb_keymap`.
+//! - `bad-resource`, `bad-pipe`, `bad-size`: a SEND naming a resource that does not exist, a
+//!   read pipe with a wrong guessed id, a Wayland message lying about its size. Each prints
+//!   `bad: WHAT HAPPENED`, then opens a fresh channel and prints `fresh: N globals`.
+//!
+//! With `--hold-until PATH` a window scenario keeps its window (answering pings) until PATH
+//! exists, then prints `released`. Failures print `failed: ...` and exit 1.
+
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use clap::{Parser, ValueEnum};
+use crossway_agent::channel::{
+    Channel, ChannelConfig, ChannelMessage, HostItem, HostItemKind, SendId,
+};
+use crossway_protocols::cross_domain::{
+    CROSS_DOMAIN_ID_TYPE_READ_PIPE, CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB,
+    CROSS_DOMAIN_MAX_IDENTIFIERS, CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA, Identifier, gbm_flags,
+};
+use crossway_protocols::objects::ObjectMap;
+use crossway_protocols::tables::ProtocolTable;
+use crossway_protocols::virtgpu::{CROSSWAY_VIRTGPU_ENV, VirtGpuAddress, VirtGpuMapping};
+use crossway_protocols::wire::{self, Arg, Message, ObjectId};
+use crossway_virtio::loopback::LoopbackClient;
+
+/// XRGB8888 as wl_shm names it.
+const WL_SHM_XRGB8888: u32 = 1;
+/// XRGB8888 as DRM names it.
+const DRM_XRGB8888: u32 = u32::from_le_bytes(*b"XR24");
+/// How long any one wait for the host may take.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Registry,
+    ShmWindow,
+    HostBlobWindow,
+    ClipboardPaste,
+    Keymap,
+    BadResource,
+    BadPipe,
+    BadSize,
+}
+
+/// A guest program speaking Wayland over one cross-domain channel.
+#[derive(Debug, Parser)]
+struct Cli {
+    /// What to do.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Frames to draw in window scenarios.
+    #[arg(long, default_value_t = 3)]
+    frames: u32,
+    /// Window width.
+    #[arg(long, default_value_t = 96)]
+    width: u32,
+    /// Window height.
+    #[arg(long, default_value_t = 64)]
+    height: u32,
+    /// Window title.
+    #[arg(long, default_value = "xd-guest")]
+    title: String,
+    /// Window app id.
+    #[arg(long, default_value = "xd-guest")]
+    app_id: String,
+    /// clipboard-paste: wait for the pipe right after `receive`, before wl-paste's
+    /// destroy + sync (nothing else then wakes the host side but the pipe itself).
+    #[arg(long)]
+    read_first: bool,
+    /// Keep the window until this path exists.
+    #[arg(long, value_name = "PATH")]
+    hold_until: Option<PathBuf>,
+}
+
+fn say(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The pattern a window draws: quadrants red, green (top right), blue (bottom left), white, as
+/// XRGB8888 bytes in memory order (B, G, R, X).
+fn pattern(x: u32, y: u32, w: u32, h: u32) -> [u8; 4] {
+    match (x < w / 2, y < h / 2) {
+        (true, true) => [0, 0, 255, 255],
+        (false, true) => [0, 255, 0, 255],
+        (true, false) => [255, 0, 0, 255],
+        (false, false) => [255, 255, 255, 255],
+    }
+}
+
+fn draw(map: &impl VirtGpuMapping, offset: usize, stride: usize, w: u32, h: u32) -> Result<()> {
+    let mut row = vec![0u8; w as usize * 4];
+    for y in 0..h {
+        for x in 0..w {
+            row[x as usize * 4..][..4].copy_from_slice(&pattern(x, y, w, h));
+        }
+        map.write_at(offset + y as usize * stride, &row)?;
+    }
+    Ok(())
+}
+
+/// A decoded event argument, owned.
+#[derive(Debug, Clone, PartialEq)]
+enum Val {
+    Int(i32),
+    Uint(u32),
+    Fixed(i32),
+    Str(Option<String>),
+    Obj(u32),
+    NewId(u32),
+    Array(Vec<u8>),
+    Fd(HostItem),
+}
+
+impl Val {
+    fn uint(&self) -> Result<u32> {
+        match self {
+            Val::Uint(v) => Ok(*v),
+            Val::Int(v) => Ok(*v as u32),
+            other => bail!("expected a uint, got {other:?}"),
+        }
+    }
+    fn str(&self) -> Result<&str> {
+        match self {
+            Val::Str(Some(s)) => Ok(s),
+            other => bail!("expected a string, got {other:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Event {
+    object: u32,
+    interface: &'static str,
+    name: &'static str,
+    args: Vec<Val>,
+}
+
+impl Event {
+    fn is(&self, object: u32, name: &str) -> bool {
+        self.object == object && self.name == name
+    }
+    fn arg(&self, i: usize) -> Result<&Val> {
+        self.args
+            .get(i)
+            .with_context(|| format!("{}.{} has no argument {i}", self.interface, self.name))
+    }
+}
+
+/// A Wayland client connection whose transport is a cross-domain channel.
+struct Conn {
+    ch: Channel<LoopbackClient>,
+    map: ObjectMap,
+    next_id: u32,
+    out: Vec<u8>,
+    out_ids: Vec<SendId>,
+    inbuf: Vec<u8>,
+    items: VecDeque<HostItem>,
+    events: VecDeque<Event>,
+    pipes: Vec<(u32, Vec<u8>, bool)>,
+    registry: u32,
+    globals: Vec<(u32, String, u32)>,
+}
+
+impl Conn {
+    fn open(path: &Path) -> Result<Conn> {
+        let dev = LoopbackClient::connect(path)?;
+        let ch = Channel::open(dev, ChannelConfig::default()).context("opening the channel")?;
+        Ok(Conn {
+            ch,
+            map: ObjectMap::default(),
+            next_id: 1,
+            out: Vec::new(),
+            out_ids: Vec::new(),
+            inbuf: Vec::new(),
+            items: VecDeque::new(),
+            events: VecDeque::new(),
+            pipes: Vec::new(),
+            registry: 0,
+            globals: Vec::new(),
+        })
+    }
+
+    fn new_id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// The id [`Conn::new_id`] will return next, for a raw message the object map never sees
+    /// (a bad one): the connection goes on as if it had not been sent.
+    fn peek_id(&self) -> u32 {
+        self.next_id + 1
+    }
+
+    /// Queues a request by name; flushes first when the SEND would overflow, and after a
+    /// message carrying a read pipe (one per SEND).
+    fn request(&mut self, object: u32, name: &str, args: &[Arg<'_>], fds: &[SendId]) -> Result<()> {
+        let id = ObjectId::new(object).context("null object")?;
+        let obj = self.map.get(id)?;
+        let (opcode, desc) = obj
+            .interface
+            .requests
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.name == name)
+            .with_context(|| format!("{} has no request {name}", obj.interface.name))?;
+        let mut msg = Vec::new();
+        wire::encode(&mut msg, id, opcode as u16, desc.signature, args)?;
+        self.map
+            .process_request(ProtocolTable::builtin(), &Message::parse(&msg)?, fds.len())
+            .with_context(|| format!("{}.{name}", obj.interface.name))?;
+        if self.out.len() + msg.len() > CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA
+            || self.out_ids.len() + fds.len() > CROSS_DOMAIN_MAX_IDENTIFIERS
+        {
+            self.flush()?;
+        }
+        self.out.extend_from_slice(&msg);
+        self.out_ids.extend_from_slice(fds);
+        if fds.contains(&SendId::ReadPipe) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is queued; returns the identifiers as sent.
+    fn flush(&mut self) -> Result<Vec<Identifier>> {
+        if self.out.is_empty() {
+            return Ok(vec![]);
+        }
+        let sent = self.ch.send(&self.out, &self.out_ids)?;
+        self.out.clear();
+        self.out_ids.clear();
+        Ok(sent)
+    }
+
+    /// Takes one channel message (waiting up to `timeout`) and decodes the events it completes.
+    fn dispatch(&mut self, timeout: Duration) -> Result<bool> {
+        self.flush()?;
+        let Some(m) = self.ch.next_message_timeout(timeout)? else {
+            return Ok(false);
+        };
+        match m {
+            ChannelMessage::Eof => bail!("the host closed the channel"),
+            ChannelMessage::Read {
+                pipe,
+                data,
+                hang_up,
+            } => match self.pipes.iter_mut().find(|p| p.0 == pipe) {
+                Some(p) => {
+                    p.1.extend_from_slice(&data);
+                    p.2 |= hang_up;
+                }
+                None => self.pipes.push((pipe, data, hang_up)),
+            },
+            ChannelMessage::Receive { data, items } => {
+                self.inbuf.extend_from_slice(&data);
+                self.items.extend(items);
+                self.decode_events()?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn decode_events(&mut self) -> Result<()> {
+        let inbuf = std::mem::take(&mut self.inbuf);
+        let mut at = 0;
+        while let Some(msg) = wire::next_message(&inbuf[at..])? {
+            let p = self
+                .map
+                .process_event(ProtocolTable::builtin(), &msg, self.items.len())?;
+            let mut args = Vec::with_capacity(p.args.len());
+            for a in p.args.as_slice() {
+                args.push(match *a {
+                    Arg::Int(v) => Val::Int(v),
+                    Arg::Uint(v) => Val::Uint(v),
+                    Arg::Fixed(v) => Val::Fixed(v.0),
+                    Arg::Str(s) => Val::Str(s.map(|s| s.to_string_lossy().into_owned())),
+                    Arg::Object(o) => Val::Obj(ObjectId::raw(o)),
+                    Arg::NewId(id) => Val::NewId(id.get()),
+                    Arg::Array(a) => Val::Array(a.to_vec()),
+                    Arg::Fd => Val::Fd(self.items.pop_front().context("fd without item")?),
+                });
+            }
+            let ev = Event {
+                object: msg.header.object.get(),
+                interface: p.interface.name,
+                name: p.desc.name,
+                args,
+            };
+            at += msg.len();
+            if p.to_zombie {
+                continue;
+            }
+            match (ev.interface, ev.name) {
+                ("wl_display", "error") => bail!(
+                    "protocol error on object {:?}: code {:?}: {:?}",
+                    ev.args.first(),
+                    ev.args.get(1),
+                    ev.args.get(2)
+                ),
+                ("xdg_wm_base", "ping") => {
+                    let serial = ev.arg(0)?.uint()?;
+                    self.request(ev.object, "pong", &[Arg::Uint(serial)], &[])?;
+                }
+                ("wl_registry", "global") => {
+                    let name = ev.arg(0)?.uint()?;
+                    let iface = ev.arg(1)?.str()?.to_owned();
+                    let version = ev.arg(2)?.uint()?;
+                    self.globals.push((name, iface, version));
+                }
+                _ => self.events.push_back(ev),
+            }
+        }
+        self.inbuf = inbuf[at..].to_vec();
+        Ok(())
+    }
+
+    /// Waits for the first queued or incoming event matching `pred`, removing it.
+    fn wait(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Result<Event> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(i) = self.events.iter().position(&pred) {
+                return self.events.remove(i).context("event vanished");
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            ensure!(!left.is_zero(), "timed out waiting for {what}");
+            self.dispatch(left)?;
+        }
+    }
+
+    fn roundtrip(&mut self) -> Result<()> {
+        let cb = self.new_id();
+        self.request(1, "sync", &[Arg::NewId(oid(cb)?)], &[])?;
+        self.wait("wl_display.sync", |e| e.is(cb, "done"))?;
+        Ok(())
+    }
+
+    /// get_registry + sync, as every client starts.
+    fn registry(&mut self) -> Result<()> {
+        self.registry = self.new_id();
+        self.request(1, "get_registry", &[Arg::NewId(oid(self.registry)?)], &[])?;
+        self.roundtrip()
+    }
+
+    fn bind(&mut self, interface: &str, version: u32) -> Result<u32> {
+        let (name, _, offered) = self
+            .globals
+            .iter()
+            .find(|g| g.1 == interface)
+            .cloned()
+            .with_context(|| format!("the host offers no {interface}"))?;
+        ensure!(
+            offered >= version,
+            "{interface} offered at v{offered}, need v{version}"
+        );
+        let id = self.new_id();
+        let cname = CString::new(interface)?;
+        self.request(
+            self.registry,
+            "bind",
+            &[
+                Arg::Uint(name),
+                Arg::Str(Some(&cname)),
+                Arg::Uint(version),
+                Arg::NewId(oid(id)?),
+            ],
+            &[],
+        )?;
+        Ok(id)
+    }
+
+    /// Keeps serving (pongs) until `path` exists.
+    fn hold(&mut self, path: Option<&Path>) -> Result<()> {
+        let Some(path) = path else { return Ok(()) };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !path.exists() {
+            ensure!(Instant::now() < deadline, "never released");
+            self.dispatch(Duration::from_millis(20))?;
+            self.events.clear();
+        }
+        say("released")
+    }
+}
+
+fn oid(id: u32) -> Result<ObjectId> {
+    ObjectId::new(id).context("null id")
+}
+
+/// A toplevel, configured and acked. Returns (surface, xdg_surface, toplevel).
+fn toplevel(c: &mut Conn, compositor: u32, wm: u32, cli: &Cli) -> Result<(u32, u32, u32)> {
+    let surface = c.new_id();
+    c.request(
+        compositor,
+        "create_surface",
+        &[Arg::NewId(oid(surface)?)],
+        &[],
+    )?;
+    let xdg_surface = c.new_id();
+    c.request(
+        wm,
+        "get_xdg_surface",
+        &[
+            Arg::NewId(oid(xdg_surface)?),
+            Arg::Object(Some(oid(surface)?)),
+        ],
+        &[],
+    )?;
+    let top = c.new_id();
+    c.request(xdg_surface, "get_toplevel", &[Arg::NewId(oid(top)?)], &[])?;
+    let title = CString::new(cli.title.as_str())?;
+    c.request(top, "set_title", &[Arg::Str(Some(&title))], &[])?;
+    let app_id = CString::new(cli.app_id.as_str())?;
+    c.request(top, "set_app_id", &[Arg::Str(Some(&app_id))], &[])?;
+    c.request(surface, "commit", &[], &[])?;
+    let configure = c.wait("xdg_surface.configure", |e| e.is(xdg_surface, "configure"))?;
+    let serial = configure.arg(0)?.uint()?;
+    c.request(xdg_surface, "ack_configure", &[Arg::Uint(serial)], &[])?;
+    say("configured")?;
+    Ok((surface, xdg_surface, top))
+}
+
+/// A wl_buffer on a pool whose fd is the blob `res`.
+#[allow(clippy::too_many_arguments)]
+fn buffer(
+    c: &mut Conn,
+    shm: u32,
+    res: u32,
+    pool_size: u64,
+    offset: u32,
+    stride: u32,
+    w: u32,
+    h: u32,
+) -> Result<u32> {
+    let pool = c.new_id();
+    c.request(
+        shm,
+        "create_pool",
+        &[
+            Arg::NewId(oid(pool)?),
+            Arg::Fd,
+            Arg::Int(i32::try_from(pool_size)?),
+        ],
+        &[SendId::Blob(res)],
+    )?;
+    let buf = c.new_id();
+    c.request(
+        pool,
+        "create_buffer",
+        &[
+            Arg::NewId(oid(buf)?),
+            Arg::Int(offset as i32),
+            Arg::Int(w as i32),
+            Arg::Int(h as i32),
+            Arg::Int(stride as i32),
+            Arg::Uint(WL_SHM_XRGB8888),
+        ],
+        &[],
+    )?;
+    c.request(pool, "destroy", &[], &[])?;
+    Ok(buf)
+}
+
+/// Attach, damage, frame, commit, wait for the frame's done; `frames` times over `buffers`.
+fn present(
+    c: &mut Conn,
+    surface: u32,
+    buffers: &[u32],
+    cli: &Cli,
+    damage_buffer: bool,
+) -> Result<()> {
+    for n in 0..cli.frames {
+        let buf = buffers[n as usize % buffers.len()];
+        c.request(
+            surface,
+            "attach",
+            &[Arg::Object(Some(oid(buf)?)), Arg::Int(0), Arg::Int(0)],
+            &[],
+        )?;
+        let rect = [
+            Arg::Int(0),
+            Arg::Int(0),
+            Arg::Int(cli.width as i32),
+            Arg::Int(cli.height as i32),
+        ];
+        let damage = if damage_buffer {
+            "damage_buffer"
+        } else {
+            "damage"
+        };
+        c.request(surface, damage, &rect, &[])?;
+        let cb = c.new_id();
+        c.request(surface, "frame", &[Arg::NewId(oid(cb)?)], &[])?;
+        c.request(surface, "commit", &[], &[])?;
+        c.wait("frame done", |e| e.is(cb, "done"))?;
+        say(&format!("frame {}", n + 1))?;
+    }
+    say("shown")
+}
+
+fn shm_window(c: &mut Conn, cli: &Cli) -> Result<()> {
+    c.registry()?;
+    // weston-simple-shm binds these three at version 1, in this order.
+    let compositor = c.bind("wl_compositor", 1)?;
+    let wm = c.bind("xdg_wm_base", 1)?;
+    let shm = c.bind("wl_shm", 1)?;
+    c.roundtrip()?;
+    let formats: Vec<u32> = c
+        .events
+        .iter()
+        .filter(|e| e.is(shm, "format"))
+        .filter_map(|e| e.arg(0).ok()?.uint().ok())
+        .collect();
+    ensure!(
+        formats.contains(&WL_SHM_XRGB8888),
+        "wl_shm lacks XRGB8888: {formats:?}"
+    );
+    let (surface, _, _) = toplevel(c, compositor, wm, cli)?;
+    let (w, h) = (cli.width, cli.height);
+    let stride = w * 4;
+    let size = u64::from(stride) * u64::from(h);
+    // Two buffers, one pool each, as simple-shm alternates them.
+    let mut buffers = Vec::new();
+    let mut blobs = Vec::new();
+    for _ in 0..2 {
+        let blob = c.ch.create_guest_blob(size)?;
+        draw(&blob.mapping, 0, stride as usize, w, h)?;
+        buffers.push(buffer(c, shm, blob.res_id, size, 0, stride, w, h)?);
+        blobs.push(blob);
+    }
+    say(&format!("buffer {w}x{h} guest-blob"))?;
+    present(c, surface, &buffers, cli, false)?;
+    c.hold(cli.hold_until.as_deref())
+}
+
+fn host_blob_window(c: &mut Conn, cli: &Cli) -> Result<()> {
+    c.registry()?;
+    // sommelier binds wl_compositor at v4 where offered (damage_buffer).
+    let compositor = c.bind("wl_compositor", 4)?;
+    let wm = c.bind("xdg_wm_base", 1)?;
+    let shm = c.bind("wl_shm", 1)?;
+    c.roundtrip()?;
+    let (surface, _, _) = toplevel(c, compositor, wm, cli)?;
+    let (w, h) = (cli.width, cli.height);
+    let req =
+        c.ch.image_requirements(w, h, DRM_XRGB8888, gbm_flags::SCANOUT | gbm_flags::LINEAR)?;
+    say(&format!(
+        "image stride {} size {}",
+        req.strides[0], req.size
+    ))?;
+    ensure!(req.strides[0] >= w * 4, "stride below a row");
+    let blob = c.ch.blob_for_image(&req)?;
+    draw(
+        &blob.mapping,
+        req.offsets[0] as usize,
+        req.strides[0] as usize,
+        w,
+        h,
+    )?;
+    let buf = buffer(
+        c,
+        shm,
+        blob.res_id,
+        req.size,
+        req.offsets[0],
+        req.strides[0],
+        w,
+        h,
+    )?;
+    say(&format!("buffer {w}x{h} host-blob"))?;
+    present(c, surface, &[buf], cli, true)?;
+    c.hold(cli.hold_until.as_deref())
+}
+
+fn seat_keyboard(c: &mut Conn, seat_version: u32) -> Result<(u32, u32)> {
+    let seat = c.bind("wl_seat", seat_version)?;
+    c.roundtrip()?;
+    let keyboard = c.new_id();
+    c.request(seat, "get_keyboard", &[Arg::NewId(oid(keyboard)?)], &[])?;
+    Ok((seat, keyboard))
+}
+
+fn keymap(c: &mut Conn) -> Result<()> {
+    c.registry()?;
+    let (_, keyboard) = seat_keyboard(c, 2)?;
+    let ev = c.wait("wl_keyboard.keymap", |e| e.is(keyboard, "keymap"))?;
+    let format = ev.arg(0)?.uint()?;
+    let Val::Fd(item) = ev.arg(1)? else {
+        bail!("keymap without fd")
+    };
+    let size = ev.arg(2)?.uint()?;
+    ensure!(
+        item.kind == HostItemKind::Blob,
+        "keymap fd arrived as {:?}",
+        item.kind
+    );
+    ensure!(
+        item.size >= size,
+        "item of {} bytes for a {size}-byte keymap",
+        item.size
+    );
+    let blob = c.ch.blob_from_item(item)?;
+    let mut head = [0u8; 10];
+    blob.mapping.read_at(0, &mut head)?;
+    ensure!(
+        &head == b"xkb_keymap",
+        "keymap starts with {:?}",
+        String::from_utf8_lossy(&head)
+    );
+    say(&format!("keymap format {format} size {size} xkb_keymap"))?;
+    c.ch.close_blob(blob)?;
+    Ok(())
+}
+
+fn clipboard_paste(c: &mut Conn, cli: &Cli) -> Result<()> {
+    c.registry()?;
+    // wl-paste: seat v2, compositor v2, xdg_wm_base v1, wl_shm v1, data device manager v1.
+    let seat = c.bind("wl_seat", 2)?;
+    let compositor = c.bind("wl_compositor", 2)?;
+    let wm = c.bind("xdg_wm_base", 1)?;
+    let shm = c.bind("wl_shm", 1)?;
+    let ddm = c.bind("wl_data_device_manager", 1)?;
+    c.roundtrip()?;
+    let device = c.new_id();
+    c.request(
+        ddm,
+        "get_data_device",
+        &[Arg::NewId(oid(device)?), Arg::Object(Some(oid(seat)?))],
+        &[],
+    )?;
+    let keyboard = c.new_id();
+    c.request(seat, "get_keyboard", &[Arg::NewId(oid(keyboard)?)], &[])?;
+    let (surface, xdg_surface, top) = toplevel(c, compositor, wm, cli)?;
+    // A 1x1 buffer so the window maps and gets keyboard focus (and with it the selection).
+    let blob = c.ch.create_guest_blob(4096)?;
+    blob.mapping.write_at(0, &[0, 0, 0, 255])?;
+    let buf = buffer(c, shm, blob.res_id, 4, 0, 4, 1, 1)?;
+    c.request(
+        surface,
+        "attach",
+        &[Arg::Object(Some(oid(buf)?)), Arg::Int(0), Arg::Int(0)],
+        &[],
+    )?;
+    c.request(
+        surface,
+        "damage",
+        &[Arg::Int(0), Arg::Int(0), Arg::Int(1), Arg::Int(1)],
+        &[],
+    )?;
+    c.request(surface, "commit", &[], &[])?;
+    let sel = c.wait("wl_data_device.selection", |e| e.is(device, "selection"))?;
+    let offer = match sel.arg(0)? {
+        Val::Obj(0) => bail!("the host has no selection"),
+        Val::Obj(o) => *o,
+        other => bail!("selection {other:?}"),
+    };
+    let mimes: Vec<String> = c
+        .events
+        .iter()
+        .filter(|e| e.is(offer, "offer"))
+        .filter_map(|e| e.arg(0).ok()?.str().ok().map(str::to_owned))
+        .collect();
+    let mime = ["text/plain;charset=utf-8", "text/plain"]
+        .into_iter()
+        .find(|m| mimes.iter().any(|o| o == m))
+        .with_context(|| format!("no text among {mimes:?}"))?;
+    say(&format!("offer {mime}"))?;
+    let cmime = CString::new(mime)?;
+    c.request(
+        offer,
+        "receive",
+        &[Arg::Str(Some(&cmime)), Arg::Fd],
+        &[SendId::ReadPipe],
+    )?;
+    // wl-paste then drops its window and syncs, and only then reads the pipe.
+    let drop_window = |c: &mut Conn| -> Result<()> {
+        c.request(top, "destroy", &[], &[])?;
+        c.request(xdg_surface, "destroy", &[], &[])?;
+        c.request(surface, "destroy", &[], &[])?;
+        c.roundtrip()
+    };
+    if !cli.read_first {
+        drop_window(c)?;
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    let text = loop {
+        if let Some(p) = c.pipes.iter().find(|p| p.2) {
+            break String::from_utf8_lossy(&p.1).into_owned();
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no hang-up on the read pipe; pipes {:?}",
+            c.pipes
+                .iter()
+                .map(|p| (p.0, String::from_utf8_lossy(&p.1).into_owned(), p.2))
+                .collect::<Vec<_>>()
+        );
+        c.dispatch(Duration::from_millis(100))?;
+    };
+    say(&format!("pasted {text}"))?;
+    if cli.read_first {
+        drop_window(c)?;
+    }
+    c.request(offer, "destroy", &[], &[])?;
+    c.roundtrip()?;
+    c.ch.close_blob(blob)?;
+    Ok(())
+}
+
+fn registry(c: &mut Conn) -> Result<()> {
+    c.registry()?;
+    for (_, iface, version) in &c.globals {
+        say(&format!("global {iface} {version}"))?;
+    }
+    say("done")
+}
+
+/// Runs `bad`, then shows that a fresh channel on the same VM still serves a client.
+fn bad(path: &Path, scenario: Scenario) -> Result<()> {
+    let mut c = Conn::open(path)?;
+    c.registry()?;
+    let outcome = match scenario {
+        Scenario::BadResource => {
+            // wl_shm.create_pool naming a resource id that no blob has.
+            let shm = c.bind("wl_shm", 1)?;
+            c.flush()?;
+            let pool = c.peek_id();
+            let mut msg = Vec::new();
+            wire::encode_unchecked(
+                &mut msg,
+                oid(shm)?,
+                0,
+                &[Arg::NewId(oid(pool)?), Arg::Fd, Arg::Int(4096)],
+            )?;
+            c.ch.send_raw(
+                &msg,
+                &[Identifier {
+                    id: 0x00de_ad00,
+                    id_type: CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB,
+                    size: 0,
+                }],
+            )
+        }
+        Scenario::BadPipe => {
+            // A sync carrying a read pipe whose id skips ahead of the host's counter.
+            let cb = c.peek_id();
+            let mut msg = Vec::new();
+            wire::encode_unchecked(&mut msg, ObjectId::DISPLAY, 0, &[Arg::NewId(oid(cb)?)])?;
+            c.ch.send_raw(
+                &msg,
+                &[Identifier {
+                    id: 0x8000_0005,
+                    id_type: CROSS_DOMAIN_ID_TYPE_READ_PIPE,
+                    size: 0,
+                }],
+            )
+        }
+        Scenario::BadSize => {
+            // wl_display.sync whose header claims 4 bytes, less than the header itself (a
+            // larger lie would only make the host wait for bytes that never come).
+            let cb = c.peek_id();
+            let mut msg = Vec::new();
+            wire::encode_unchecked(&mut msg, ObjectId::DISPLAY, 0, &[Arg::NewId(oid(cb)?)])?;
+            msg[4..8].copy_from_slice(&(4u32 << 16).to_ne_bytes());
+            c.ch.send_raw(&msg, &[])
+        }
+        _ => unreachable_scenario(scenario)?,
+    };
+    // Refused at once (the SUBMIT_3D failed), or later: an error event or the channel closed.
+    let what = match outcome {
+        Err(e) => format!("refused: {:#}", anyhow!(e)),
+        Ok(()) => match c.roundtrip() {
+            Err(e) => format!("channel: {e:#}"),
+            Ok(()) => "accepted".to_owned(),
+        },
+    };
+    say(&format!("bad: {what}"))?;
+    drop(c);
+    let mut fresh = Conn::open(path)?;
+    fresh.registry()?;
+    say(&format!("fresh: {} globals", fresh.globals.len()))
+}
+
+fn unreachable_scenario(
+    s: Scenario,
+) -> Result<std::result::Result<(), crossway_agent::channel::ChannelError>> {
+    bail!("{s:?} is not a bad-input scenario")
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    let value = std::env::var(CROSSWAY_VIRTGPU_ENV)
+        .with_context(|| format!("{CROSSWAY_VIRTGPU_ENV} is not set"))?;
+    let path = match VirtGpuAddress::from_env_value(&value)? {
+        VirtGpuAddress::Loopback(p) => p,
+        VirtGpuAddress::RenderNode(p) => bail!("render node {} not supported yet", p.display()),
+    };
+    match cli.scenario {
+        Scenario::BadResource | Scenario::BadPipe | Scenario::BadSize => {
+            return bad(&path, cli.scenario);
+        }
+        _ => {}
+    }
+    let mut c = Conn::open(&path)?;
+    match cli.scenario {
+        Scenario::Registry => registry(&mut c),
+        Scenario::ShmWindow => shm_window(&mut c, cli),
+        Scenario::HostBlobWindow => host_blob_window(&mut c, cli),
+        Scenario::ClipboardPaste => clipboard_paste(&mut c, cli),
+        Scenario::Keymap => keymap(&mut c),
+        other => unreachable_scenario(other).map(|_| ()),
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = say(&format!("failed: {e:#}"));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Bad guest input through the cross-domain context: a SEND naming a resource that does not
+//! exist, a read pipe with a wrong guessed id, a Wayland message lying about its size. Each is
+//! refused (the SUBMIT_3D fails, the host answers with an error, or it closes that channel),
+//! and a fresh channel on the same VM still gets the host's globals.
+#![allow(clippy::unwrap_used)]
+
+mod loopback_cross_domain_common;
+
+use crossway_tests::Runtime;
+use loopback_cross_domain_common::{headless, run_guest};
+
+fn bad(scenario: &str) -> Vec<String> {
+    let rt = Runtime::new().unwrap();
+    let host = headless(&rt, "host-0").unwrap();
+    let lines = run_guest(&rt, &host, Some("badvm"), &[scenario]).unwrap();
+    let outcome = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("bad: "))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_ne!(outcome, "accepted", "{scenario} was accepted");
+    let fresh = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("fresh: "))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let n: usize = fresh.strip_suffix(" globals").unwrap().parse().unwrap();
+    assert!(n > 0, "{lines:?}");
+    lines
+}
+
+#[test]
+fn loopback_cross_domain_bad_resource_id_is_refused_vm_still_serves() {
+    bad("bad-resource");
+}
+
+#[test]
+fn loopback_cross_domain_bad_guessed_pipe_id_is_refused_vm_still_serves() {
+    bad("bad-pipe");
+}
+
+#[test]
+fn loopback_cross_domain_bad_message_size_is_refused_vm_still_serves() {
+    bad("bad-size");
+}

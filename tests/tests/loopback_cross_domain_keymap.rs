@@ -1,0 +1,28 @@
+//! Host fds reach the guest as blob items: `crossway-xd-guest keymap` binds wl_seat, gets the
+//! keyboard, and the compositor's keymap memfd arrives as a RECEIVE identifier of type blob
+//! with its size; the guest creates a HOST3D blob from it, maps it and reads "xkb_keymap".
+#![allow(clippy::unwrap_used)]
+
+mod loopback_cross_domain_common;
+
+use crossway_tests::Runtime;
+use loopback_cross_domain_common::{headless, run_guest};
+
+#[test]
+#[ignore = "the host refuses the HOST3D blob: the guest kernel (and the loopback) page-round \
+            the size, and the cross-domain context requires size <= the item's exact size \
+            (proxy/src/cross_domain/mod.rs create_blob); un-ignore once it accepts the rounded size"]
+fn loopback_cross_domain_keymap_blob_maps_and_reads_xkb_keymap() {
+    let rt = Runtime::new().unwrap();
+    let host = headless(&rt, "host-0").unwrap();
+    let lines = run_guest(&rt, &host, Some("kbvm"), &["keymap"]).unwrap();
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("keymap "))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    let words: Vec<&str> = line.split(' ').collect();
+    // keymap format 1 (XKB_V1) size N xkb_keymap
+    assert_eq!(words[..3], ["keymap", "format", "1"], "{line}");
+    assert!(words[4].parse::<u32>().unwrap() > 1000, "{line}");
+    assert_eq!(words[5], "xkb_keymap");
+}
