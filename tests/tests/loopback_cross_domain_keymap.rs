@@ -9,9 +9,6 @@ use crossway_tests::Runtime;
 use loopback_cross_domain_common::{headless, run_guest};
 
 #[test]
-#[ignore = "the host refuses the HOST3D blob: the guest kernel (and the loopback) page-round \
-            the size, and the cross-domain context requires size <= the item's exact size \
-            (proxy/src/cross_domain/mod.rs create_blob); un-ignore once it accepts the rounded size"]
 fn loopback_cross_domain_keymap_blob_maps_and_reads_xkb_keymap() {
     let rt = Runtime::new().unwrap();
     let host = headless(&rt, "host-0").unwrap();

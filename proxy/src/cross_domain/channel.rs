@@ -24,7 +24,7 @@ use crossway_virtio::fence::FenceSignaler;
 use super::CrossDomainLimits;
 use super::image::{ImageLayout, ImageRequest};
 use super::sys;
-use crate::relay::{Outgoing, Relay};
+use crate::relay::{GuestFd, Outgoing, Relay, RelayError, SyncBuffers};
 
 /// What an item id stands for.
 #[derive(Debug)]
@@ -152,10 +152,53 @@ impl HostQueue {
     }
 }
 
+/// What a channel's stream passes through on its way between guest and host: the Wayland
+/// [`Relay`] in the product; the transport's unit tests use a pass-through so they can check
+/// ring splitting, fds and pipes with raw bytes.
+pub(crate) trait StreamRelay: Send + std::fmt::Debug {
+    /// See [`Relay::from_guest`].
+    fn guest_to_host(
+        &mut self,
+        bytes: &[u8],
+        fds: Vec<GuestFd>,
+        sync: &mut dyn SyncBuffers,
+        out: &mut Outgoing,
+    ) -> Result<(), RelayError>;
+
+    /// See [`Relay::from_host`].
+    fn host_to_guest(
+        &mut self,
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+        out: &mut Outgoing,
+    ) -> Result<(), RelayError>;
+}
+
+impl StreamRelay for Relay {
+    fn guest_to_host(
+        &mut self,
+        bytes: &[u8],
+        fds: Vec<GuestFd>,
+        sync: &mut dyn SyncBuffers,
+        out: &mut Outgoing,
+    ) -> Result<(), RelayError> {
+        Relay::from_guest(self, bytes, fds, sync, out)
+    }
+
+    fn host_to_guest(
+        &mut self,
+        bytes: &[u8],
+        fds: Vec<OwnedFd>,
+        out: &mut Outgoing,
+    ) -> Result<(), RelayError> {
+        Relay::from_host(self, bytes, fds, out)
+    }
+}
+
 /// The Wayland channel: relay, host connection, pending output.
 #[derive(Debug)]
 pub(crate) struct Channel {
-    pub relay: Relay,
+    pub relay: Box<dyn StreamRelay>,
     /// `None` once the channel ended.
     pub host: Option<Arc<UnixStream>>,
     pub host_out: HostQueue,

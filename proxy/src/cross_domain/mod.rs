@@ -47,6 +47,9 @@ use crate::relay::{
     VmStats,
 };
 
+/// The guest's page size: blob sizes are whole pages.
+const GUEST_PAGE_SIZE: u64 = 4096;
+
 /// Limits on one cross-domain context; all configurable, defaults below.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrossDomainLimits {
@@ -93,6 +96,9 @@ struct Env {
     stats: Arc<VmStats>,
     limits: CrossDomainLimits,
     allocator: Arc<dyn ImageAllocator>,
+    /// Transport unit tests only: relay bytes unchanged instead of through the Wayland relay.
+    #[cfg(test)]
+    pass_through: bool,
 }
 
 /// Creates [`CrossDomainContext`]s for capset 5 and [`NullContext`]s for anything else.
@@ -130,6 +136,13 @@ impl CrossDomainFactory {
         CrossDomainFactory::build(config, Err(reason.into()), stats)
     }
 
+    /// Transport unit tests: channels pass bytes and fds through unchanged.
+    #[cfg(test)]
+    fn with_pass_through(mut self) -> CrossDomainFactory {
+        self.env.pass_through = true;
+        self
+    }
+
     fn build(
         config: Arc<RelayConfig>,
         connector: Result<HostConnector, String>,
@@ -142,6 +155,8 @@ impl CrossDomainFactory {
                 stats,
                 limits: CrossDomainLimits::default(),
                 allocator: Arc::new(MemfdAllocator),
+                #[cfg(test)]
+                pass_through: false,
             },
         }
     }
@@ -273,10 +288,16 @@ impl CrossDomainContext {
                         tracing::error!(ctx = self.ctx.0, error = %e, "Wayland channel refused: cannot connect to the host compositor");
                         ContextError::Other(format!("connecting to the host compositor: {e}"))
                     })?;
-                let relay = Relay::new(
+                let relay: Box<dyn channel::StreamRelay> = Box::new(Relay::new(
                     self.env.config.clone(),
                     self.env.stats.client(format!("ctx {}", self.ctx.0)),
-                );
+                ));
+                #[cfg(test)]
+                let relay: Box<dyn channel::StreamRelay> = if self.env.pass_through {
+                    Box::new(tests::PassThrough)
+                } else {
+                    relay
+                };
                 {
                     let mut st = lock(&self.state);
                     st.ring = Some(writer);
@@ -431,7 +452,7 @@ impl CrossDomainContext {
         };
         let result = ch
             .relay
-            .from_guest(data, fds, &mut ResourceSync(resources), &mut out);
+            .guest_to_host(data, fds, &mut ResourceSync(resources), &mut out);
         ch.host_out
             .push(&out.to_host, std::mem::take(&mut out.host_fds));
         let mut end: Option<String> = None;
@@ -586,7 +607,14 @@ impl Context for CrossDomainContext {
                 })
             }
             Some(Item::Blob { size: have, .. }) => {
-                if size > *have {
+                // The guest kernel rounds blob sizes up to whole pages, so a 64433-byte keymap
+                // comes back as a 65536-byte blob. Mapping up to the end of the page that holds
+                // the fd's last byte is safe (the rest of that page reads as zeros); a page
+                // wholly past the end would fault, so anything larger is refused.
+                let whole_pages = have
+                    .checked_next_multiple_of(GUEST_PAGE_SIZE)
+                    .unwrap_or(u64::MAX);
+                if size > whole_pages {
                     return Err(invalid(format!(
                         "blob of {size} bytes for an item of {have}"
                     )));
@@ -596,7 +624,7 @@ impl Context for CrossDomainContext {
                 };
                 Ok(HostBlob {
                     fd,
-                    size: have,
+                    size: size.max(have),
                     map_info: crossway_protocols::cross_domain::map_info::CACHE_CACHED,
                 })
             }

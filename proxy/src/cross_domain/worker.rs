@@ -166,7 +166,7 @@ fn read_host(state: &Mutex<State>, host: &UnixStream, buf: &mut [u8]) {
             if ch.host.is_none() {
                 return;
             }
-            let r = ch.relay.from_host(&buf[..n], fds, &mut out);
+            let r = ch.relay.host_to_guest(&buf[..n], fds, &mut out);
             if let Err(e) = st.queue_to_guest(&mut out) {
                 st.end_channel(&e.0);
                 return;

@@ -12,7 +12,7 @@ use crossway_protocols::wire::ObjectId;
 use drm_fourcc::DrmFourcc;
 
 use super::fault::{Fault, display, params, shm};
-use super::{BufferPath, GuestFdKind, IdMap, SyncBuffers};
+use super::{BufferPath, GuestFd, GuestFdKind, IdMap, SyncBuffers};
 
 /// Most planes a dmabuf has (linux-dmabuf's plane_idx limit).
 pub const MAX_PLANES: usize = 4;
@@ -80,10 +80,13 @@ fn buffer_path(planes: &[Plane]) -> BufferPath {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Pool {
     memory: Memory,
     size: u64,
+    /// The pool's memory when the client may grow it (a plain memfd on the socket front, not a
+    /// fixed-size virtio-gpu resource): `resize` past the size seen at creation looks again.
+    growable: Option<std::os::fd::OwnedFd>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -202,15 +205,27 @@ impl Buffers {
         &mut self,
         shm_object: ObjectId,
         pool: ObjectId,
-        fd: &GuestFdKind,
+        fd: &GuestFd,
         size: i32,
         max: u64,
     ) -> Result<(), Fault> {
-        let memory = Memory::of(fd).ok_or_else(|| {
+        let memory = Memory::of(&fd.kind).ok_or_else(|| {
             Fault::new(shm_object, shm::INVALID_FD, "pool fd is not shared memory")
         })?;
         let size = check_pool_size(shm_object, size, &memory, max)?;
-        self.pools.insert(pool.get(), Pool { memory, size });
+        // Clients grow pools with ftruncate then resize (foot, GTK); a resource's size is fixed.
+        let growable = match memory.resource {
+            None => fd.fd.try_clone().ok(),
+            Some(_) => None,
+        };
+        self.pools.insert(
+            pool.get(),
+            Pool {
+                memory,
+                size,
+                growable,
+            },
+        );
         Ok(())
     }
 
@@ -220,6 +235,11 @@ impl Buffers {
             .pools
             .get_mut(&pool.get())
             .ok_or_else(|| unknown_to_relay(pool))?;
+        if u64::try_from(size).is_ok_and(|s| s > p.memory.size)
+            && let Some(now) = p.growable.as_ref().and_then(current_size)
+        {
+            p.memory.size = p.memory.size.max(now);
+        }
         let new = check_pool_size(pool, size, &p.memory, max)?;
         if new < p.size {
             return Err(Fault::new(
@@ -250,10 +270,16 @@ impl Buffers {
         stride: i32,
         format: u32,
     ) -> Result<BufferPath, Fault> {
-        let p = *self
+        let p = self
             .pools
             .get(&pool.get())
+            .map(|p| (p.memory, p.size))
             .ok_or_else(|| unknown_to_relay(pool))?;
+        let p = Pool {
+            memory: p.0,
+            size: p.1,
+            growable: None,
+        };
         let bad = |why: String| Fault::new(pool, shm::INVALID_STRIDE, why);
         let (Ok(offset), Ok(width), Ok(height), Ok(stride)) = (
             u64::try_from(offset),
@@ -638,6 +664,12 @@ fn check_pool_size(object: ObjectId, size: i32, memory: &Memory, max: u64) -> Re
         ));
     }
     Ok(size)
+}
+
+/// The size of a memory fd now (it may have grown since it was received).
+fn current_size(fd: &std::os::fd::OwnedFd) -> Option<u64> {
+    let file = std::fs::File::from(fd.try_clone().ok()?);
+    file.metadata().ok().map(|m| m.len())
 }
 
 fn unknown_to_relay(id: ObjectId) -> Fault {

@@ -241,13 +241,8 @@ impl Relay {
                 let ([Arg::NewId(pool), Arg::Fd, Arg::Int(size)], [fd]) = (args, &fds[..]) else {
                     return Err(shape(iface, name));
                 };
-                self.buffers.create_pool(
-                    sender,
-                    *pool,
-                    &fd.kind,
-                    *size,
-                    limits.max_shm_pool_bytes,
-                )?;
+                self.buffers
+                    .create_pool(sender, *pool, fd, *size, limits.max_shm_pool_bytes)?;
             }
             ("wl_shm_pool", op::POOL_CREATE_BUFFER) => {
                 let [

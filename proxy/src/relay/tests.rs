@@ -1580,3 +1580,35 @@ fn policy_file_denial_hides_a_default_global() {
     assert!(seen.iter().all(|g| g.1 != "wl_seat"));
     assert!(seen.iter().any(|g| g.1 == "wl_compositor"));
 }
+
+#[test]
+fn shm_resize_after_the_client_grew_its_memfd_is_accepted() {
+    // foot and GTK ftruncate the pool's memfd, then resize: the socket front's fds have no
+    // resource behind them, so the relay looks at the fd's size again.
+    let memfd = rustix::fs::memfd_create("pool", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let file = File::from(memfd);
+    file.set_len(4096).unwrap();
+    let fd = GuestFd {
+        fd: file.try_clone().unwrap().into(),
+        kind: GuestFdKind::Memory {
+            size: 4096,
+            path: BufferPath::ShmZeroCopy,
+            resource: None,
+        },
+    };
+    let mut h = Harness::bound();
+    let create = Requests::default().req(
+        4,
+        "wl_shm",
+        0,
+        &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(4096)],
+    );
+    h.guest(create.0, vec![fd]).unwrap();
+    file.set_len(16384).unwrap();
+    let resize = Requests::default().req(8, "wl_shm_pool", 2, &[Arg::Int(16384)]);
+    h.guest(resize.0, vec![]).unwrap();
+    // Past what the fd holds now is still refused.
+    let too_far = Requests::default().req(8, "wl_shm_pool", 2, &[Arg::Int(16385)]);
+    let (obj, code, _) = h.expect_guest_error(too_far.0, vec![]);
+    assert_eq!((obj, code), (8, shm::INVALID_FD));
+}
