@@ -218,6 +218,15 @@ pub struct SecurityContextSpec {
 }
 
 impl HostConnector {
+    /// Removes the files this connector made (the security-context listener's socket and
+    /// directory) now, for an exit that runs no destructors.
+    pub fn remove_owned_files(&self) {
+        if let Some(l) = &self.context {
+            let _ = std::fs::remove_file(&l.path);
+            let _ = std::fs::remove_dir(&l.dir);
+        }
+    }
+
     /// Connections to the compositor listening on `socket`.
     pub fn new(socket: PathBuf) -> HostConnector {
         HostConnector {

@@ -102,7 +102,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     let (factory, setup) = match RelaySetup::from_args(&args.relay) {
         Ok(setup) => {
             tracing::info!(host = %setup.connector.socket().display(), "Wayland channels relay to this compositor");
-            (CrossDomainFactory::from_setup(&setup), Some(setup))
+            (
+                CrossDomainFactory::from_setup(&setup),
+                Some(Arc::new(setup)),
+            )
         }
         Err(e) => {
             let reason = format!("{e:#}");
@@ -122,6 +125,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .unwrap_or_default();
     if let Some(setup) = &setup {
         setup.install_stats_dump()?;
+        setup.exit_on_signals()?;
     }
     let device = DeviceConfig {
         crossway: Some(CrosswayCapset {
@@ -153,6 +157,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     tracing::info!(?stats, "served");
     if let Some(setup) = setup {
         setup.finish()?;
+        setup.remove_owned_files();
     }
     Ok(())
 }

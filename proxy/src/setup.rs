@@ -180,6 +180,49 @@ impl RelaySetup {
     }
 }
 
+impl RelaySetup {
+    /// On SIGTERM or SIGINT, from a thread of its own: logs and writes the counters, removes
+    /// every file this setup made (security-context listener, headless sockets, private
+    /// directory) and exits with status 0. For commands whose main loop cannot be interrupted
+    /// (`serve` blocks in the vhost-user backend).
+    pub fn exit_on_signals(self: &Arc<RelaySetup>) -> Result<()> {
+        let setup = self.clone();
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])
+        .context("installing the SIGTERM handler")?;
+        std::thread::Builder::new()
+            .name("exit-on-signal".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    info!(signal, "stopping");
+                    if let Err(err) = setup.finish() {
+                        warn!("{err:#}");
+                    }
+                    setup.remove_owned_files();
+                    std::process::exit(0);
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Removes every file this setup made, now (the signal thread keeps the setup alive, so
+    /// its destructor may never run).
+    pub fn remove_owned_files(&self) {
+        self.connector.remove_owned_files();
+        if let Some(control) = &self.headless_control {
+            let _ = std::fs::remove_file(control);
+        }
+        if let Some(h) = &self.headless {
+            let _ = std::fs::remove_file(h.socket_path());
+        }
+        if let Some(dir) = &self.private_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 impl Drop for RelaySetup {
     fn drop(&mut self) {
         if let Some(control) = &self.headless_control {

@@ -82,12 +82,24 @@ impl Drop for PrivateDir {
     }
 }
 
-/// A child killed and reaped on drop.
+/// A child stopped and reaped on drop: SIGTERM first, so `serve` removes what it made and
+/// writes its counters, then SIGKILL after the grace period.
 struct Reaped(Option<Child>);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(&c),
+                rustix::process::Signal::TERM,
+            );
+            let deadline = Instant::now() + GRACE;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
