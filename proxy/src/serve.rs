@@ -109,7 +109,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         }
         Err(e) => {
             let reason = format!("{e:#}");
-            tracing::error!(error = %reason, "no host compositor: Wayland channels will be refused");
+            tracing::warn!(error = %reason, "no host compositor: Wayland channels will be refused");
             let stats = Arc::new(VmStats::new(args.relay.vm_name.clone().unwrap_or_default()));
             (
                 CrossDomainFactory::without_host(Arc::new(RelayConfig::default()), stats, reason),
