@@ -462,21 +462,22 @@ impl GpuDevice {
         }
     }
 
-    /// After the response of a request was written into descriptor `desc`: returns the
-    /// descriptors that may be put in the used ring now (this one unless its fence is
-    /// pending, plus earlier ones its fence releases).
+    /// After the response of a request was written into descriptor `desc`: appends to `ready`
+    /// the descriptors that may be put in the used ring now (this one unless its fence is
+    /// pending, plus earlier ones its fence releases). The caller reuses `ready` across
+    /// requests, so an unfenced command allocates nothing here.
     pub fn complete(
         &mut self,
         fence: Option<(Timeline, u64, bool)>,
         desc: HeldDescriptor,
-    ) -> Vec<HeldDescriptor> {
+        ready: &mut Vec<HeldDescriptor>,
+    ) {
         match fence {
-            None => vec![desc],
-            Some((t, id, true)) => self.fences.hold(t, id, desc).into_iter().collect(),
+            None => ready.push(desc),
+            Some((t, id, true)) => ready.extend(self.fences.hold(t, id, desc)),
             Some((t, id, false)) => {
-                let mut out = self.fences.complete(t, id);
-                out.push(desc);
-                out
+                ready.extend(self.fences.complete(t, id));
+                ready.push(desc);
             }
         }
     }
@@ -501,7 +502,7 @@ impl GpuDevice {
         self.fences.pending_count()
     }
 
-    fn dispatch(&mut self, ctx: u32, cmd: GpuCommand) -> Reply {
+    fn dispatch(&mut self, ctx: u32, cmd: GpuCommand<'_>) -> Reply {
         use GpuCommand as C;
         match cmd {
             C::GetDisplayInfo => Ok(self.display_info()),
@@ -543,7 +544,7 @@ impl GpuDevice {
             C::ResourceFlush(f) => self.flush(f),
             C::TransferToHost2d(t) => self.transfer(t),
             C::ResourceAttachBacking(a, entries) => {
-                self.attach_backing(a.resource_id.get(), &entries)
+                self.attach_backing(a.resource_id.get(), entries)
             }
             C::ResourceDetachBacking(d) => {
                 let r = self
@@ -564,7 +565,7 @@ impl GpuDevice {
                 let uuid = *r.uuid.get_or_insert_with(|| make_uuid(seed, id));
                 Ok(GpuResponse::OkResourceUuid(uuid))
             }
-            C::ResourceCreateBlob(b, entries) => self.create_blob(ctx, b, &entries),
+            C::ResourceCreateBlob(b, entries) => self.create_blob(ctx, b, entries),
             C::CtxCreate(c) => self.ctx_create(ctx, c),
             C::CtxDestroy => {
                 let entry = self
@@ -625,7 +626,7 @@ impl GpuDevice {
                     exporter: &mut self.exporter,
                     stats: &self.stats,
                 };
-                entry.context.submit(&data, &mut view).map_err(|e| {
+                entry.context.submit(data, &mut view).map_err(|e| {
                     tracing::debug!(ctx, error = %e, "submit refused");
                     e.response()
                 })?;

@@ -13,7 +13,7 @@
 #![allow(missing_debug_implementations)]
 
 use zerocopy::little_endian::{U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 // Feature bits (virtio spec 5.7.3).
 /// 3D mode; the Linux driver needs it for context init and HOST3D blobs.
@@ -162,7 +162,7 @@ macro_rules! wire {
         $(#[$m])*
         #[repr(C)]
         #[derive(Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout,
-                 Immutable)]
+                 Immutable, Unaligned)]
         pub struct $name { $($(#[$fm])* pub $f: $t,)* }
 
         impl Default for $name {
@@ -588,9 +588,10 @@ impl DecodeError {
     }
 }
 
-/// One decoded request.
+/// One decoded request. Variable-length parts borrow the request bytes: the virtqueue loop
+/// reads each chain into one reused buffer, and `SUBMIT_3D` is the per-message hot path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GpuCommand {
+pub enum GpuCommand<'a> {
     /// `GET_DISPLAY_INFO`.
     GetDisplayInfo,
     /// `GET_EDID`.
@@ -610,7 +611,7 @@ pub enum GpuCommand {
     /// `RESOURCE_ATTACH_BACKING` with its entries.
     ResourceAttachBacking(
         virtio_gpu_resource_attach_backing,
-        Vec<virtio_gpu_mem_entry>,
+        &'a [virtio_gpu_mem_entry],
     ),
     /// `RESOURCE_DETACH_BACKING`.
     ResourceDetachBacking(virtio_gpu_resource_unref),
@@ -621,7 +622,7 @@ pub enum GpuCommand {
     /// `RESOURCE_ASSIGN_UUID`.
     ResourceAssignUuid(virtio_gpu_resource_unref),
     /// `RESOURCE_CREATE_BLOB` with its entries.
-    ResourceCreateBlob(virtio_gpu_resource_create_blob, Vec<virtio_gpu_mem_entry>),
+    ResourceCreateBlob(virtio_gpu_resource_create_blob, &'a [virtio_gpu_mem_entry]),
     /// `CTX_CREATE`.
     CtxCreate(virtio_gpu_ctx_create),
     /// `CTX_DESTROY`.
@@ -631,7 +632,7 @@ pub enum GpuCommand {
     /// `CTX_DETACH_RESOURCE`.
     CtxDetachResource(virtio_gpu_resource_unref),
     /// `SUBMIT_3D` with its command bytes.
-    Submit3d(Vec<u8>),
+    Submit3d(&'a [u8]),
     /// `RESOURCE_MAP_BLOB`.
     ResourceMapBlob(virtio_gpu_resource_map_blob),
     /// `RESOURCE_UNMAP_BLOB`.
@@ -646,11 +647,11 @@ pub enum GpuCommand {
 
 /// A request: header plus command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub struct Request<'a> {
     /// The header as sent.
     pub hdr: virtio_gpu_ctrl_hdr,
     /// The command.
-    pub cmd: GpuCommand,
+    pub cmd: GpuCommand<'a>,
 }
 
 fn fixed<T: FromBytes + KnownLayout + Immutable + Copy>(
@@ -664,7 +665,7 @@ fn fixed<T: FromBytes + KnownLayout + Immutable + Copy>(
     })
 }
 
-fn entries(cmd: u32, count: u32, rest: &[u8]) -> Result<Vec<virtio_gpu_mem_entry>, DecodeError> {
+fn entries(cmd: u32, count: u32, rest: &[u8]) -> Result<&[virtio_gpu_mem_entry], DecodeError> {
     if count > MAX_MEM_ENTRIES {
         return Err(DecodeError::TooMany {
             cmd,
@@ -680,15 +681,17 @@ fn entries(cmd: u32, count: u32, rest: &[u8]) -> Result<Vec<virtio_gpu_mem_entry
         need,
         got: rest.len(),
     })?;
-    Ok(bytes
-        .chunks_exact(size_of::<virtio_gpu_mem_entry>())
-        .filter_map(|c| virtio_gpu_mem_entry::read_from_bytes(c).ok())
-        .collect())
+    // The entries are unaligned and `need` is a whole number of them: this cannot fail.
+    <[virtio_gpu_mem_entry]>::ref_from_bytes(bytes).map_err(|_| DecodeError::Short {
+        cmd,
+        need,
+        got: rest.len(),
+    })
 }
 
-impl GpuCommand {
+impl<'a> GpuCommand<'a> {
     /// Decodes the readable bytes of one descriptor chain.
-    pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
+    pub fn decode(bytes: &'a [u8]) -> Result<Request<'a>, DecodeError> {
         let (hdr, body) = virtio_gpu_ctrl_hdr::read_from_prefix(bytes)
             .map_err(|_| DecodeError::ShortHeader(bytes.len()))?;
         let t = hdr.type_.get();
@@ -739,7 +742,7 @@ impl GpuCommand {
                     need: size as usize,
                     got: rest.len(),
                 })?;
-                GpuCommand::Submit3d(data.to_vec())
+                GpuCommand::Submit3d(data)
             }
             VIRTIO_GPU_CMD_RESOURCE_MAP_BLOB => GpuCommand::ResourceMapBlob(fixed(t, body)?.0),
             VIRTIO_GPU_CMD_RESOURCE_UNMAP_BLOB => GpuCommand::ResourceUnmapBlob(fixed(t, body)?.0),

@@ -39,7 +39,9 @@ pub fn process_queue(
     mem: &GuestMem,
 ) -> Result<bool, QueueError> {
     let mut used = false;
+    // Reused for every chain of this call: the request bytes and the descriptors to return.
     let mut buf = Vec::new();
+    let mut ready = Vec::new();
     while let Some(chain) = queue.pop_descriptor_chain(mem) {
         let head = chain.head_index();
         let response_and_fence = match chain.clone().reader(mem) {
@@ -86,7 +88,8 @@ pub fn process_queue(
             head,
             len: written as u32,
         };
-        for d in device.complete(fence, desc) {
+        device.complete(fence, desc, &mut ready);
+        for d in ready.drain(..) {
             queue.add_used(mem, d.head, d.len)?;
             used = true;
         }
