@@ -8,17 +8,15 @@
 //! Fds the VMM passes (memory regions, kick/call eventfds, the backend request socket, the GPU
 //! socket) are themselves passed through, so only the main channel is relayed.
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::thread::JoinHandle;
 
 use vhost::vhost_user::Listener;
-use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-/// Most fds one vhost-user message carries (`VHOST_MEMORY_BASELINE_NREGIONS`).
-const MAX_FDS: usize = 32;
+use crate::loopback::fdpass::{MAX_FDS, read_exact_with_fds, send_all_with_fds};
 
 /// The running relay.
 #[derive(Debug)]
@@ -79,64 +77,30 @@ fn pump(from: &UnixStream, to: &UnixStream) {
     let mut buf = vec![0u8; 12 + MAX_PAYLOAD];
     loop {
         let mut fds = Vec::new();
-        if read_exact_fds(from, &mut buf[..12], &mut fds).is_err() {
+        if !matches!(read_exact_fds(from, &mut buf[..12], &mut fds), Ok(true)) {
             break;
         }
         let size = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]) as usize;
-        if size > MAX_PAYLOAD || read_exact_fds(from, &mut buf[12..12 + size], &mut fds).is_err() {
+        if size > MAX_PAYLOAD
+            || !matches!(
+                read_exact_fds(from, &mut buf[12..12 + size], &mut fds),
+                Ok(true)
+            )
+        {
             break;
         }
-        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let msg = &buf[..12 + size];
-        let mut sent = 0;
-        while sent < msg.len() {
-            let r = if sent == 0 {
-                to.send_with_fds(&[msg], &raw)
-            } else {
-                to.send_with_fds(&[&msg[sent..]], &[])
-            };
-            match r {
-                Ok(k) if k > 0 => sent += k,
-                _ => {
-                    let _ = from.shutdown(std::net::Shutdown::Both);
-                    let _ = to.shutdown(std::net::Shutdown::Both);
-                    return;
-                }
-            }
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        let msg = IoSlice::new(&buf[..12 + size]);
+        if send_all_with_fds(to.as_fd(), &[msg], &borrowed).is_err() {
+            let _ = from.shutdown(std::net::Shutdown::Both);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            return;
         }
         // `fds` drop here: the receiver holds its own copies.
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
-fn read_exact_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<()> {
-    let mut at = 0;
-    while at < buf.len() {
-        let (n, got) = recv(sock, &mut buf[at..])?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        fds.extend(got);
-        at += n;
-    }
-    Ok(())
-}
-
-fn recv(sock: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut fds = [-1 as RawFd; MAX_FDS];
-    let mut iov = [libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    }];
-    // SAFETY: the iovec points at `buf`, which is live and exclusively borrowed for the call
-    // and at least `iov_len` bytes long; `fds` has room for MAX_FDS descriptors.
-    let (n, nfds) = unsafe { sock.recv_with_fds(&mut iov, &mut fds) }
-        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-    let owned = fds[..nfds.min(MAX_FDS)]
-        .iter()
-        .filter(|&&fd| fd >= 0)
-        // SAFETY: recvmsg installed these fds in our table for us; nothing else owns them.
-        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect();
-    Ok((n, owned))
+fn read_exact_fds(sock: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
+    read_exact_with_fds(sock.as_fd(), buf, fds, MAX_FDS)
 }

@@ -1,6 +1,6 @@
 //! The loopback socket protocol: each `VirtGpu` call of a guest program in another process, and
 //! its answer, as one frame on a Unix stream socket, with file descriptors passed by
-//! `SCM_RIGHTS` (rustix's safe API; no `unsafe` here).
+//! `SCM_RIGHTS` ([`super::fdpass`]).
 //!
 //! One connection is one open device file (one DRM fd: at most one context, its own GEM
 //! handles and event queue), as with the kernel.
@@ -38,16 +38,13 @@
 //! can reach all of guest RAM, as the guest kernel could; the loopback is a test rig, not a
 //! security boundary (the proxy is).
 
-use std::io::{IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
+use std::io::IoSlice;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
 use crossway_protocols::virtgpu::{VirtGpuError, drm_virtgpu_context_set_param};
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
+
+use crate::loopback::fdpass;
 
 /// First word of the hello.
 pub const MAGIC: [u8; 4] = *b"CWVG";
@@ -135,41 +132,16 @@ pub fn send_frame(
         len: body.len(),
         max: u32::MAX as usize,
     })?;
-    let header = len.to_le_bytes();
-    let total = header.len() + body.len();
     let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-        return Err(WireError::Malformed("ancillary buffer too small"));
-    }
-    let mut sent = loop {
-        match rustix::net::sendmsg(
-            sock,
-            &[IoSlice::new(&header), IoSlice::new(body)],
-            &mut control,
-            SendFlags::NOSIGNAL,
-        ) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(WireError::Io(e.into())),
-        }
-    };
-    // The descriptor went with the first bytes; the rest of a long frame follows plainly.
-    while sent < total {
-        let rest: &[u8] = if sent < header.len() {
-            &header[sent..]
-        } else {
-            &body[sent - header.len()..]
-        };
-        match rustix::net::send(sock, rest, SendFlags::NOSIGNAL) {
-            Ok(0) => return Err(WireError::Truncated),
-            Ok(n) => sent += n,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(WireError::Io(e.into())),
-        }
-    }
-    Ok(())
+    fdpass::send_all_with_fds(
+        sock,
+        &[IoSlice::new(&len.to_le_bytes()), IoSlice::new(body)],
+        &fds,
+    )
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::WriteZero => WireError::Truncated,
+        _ => WireError::Io(e),
+    })
 }
 
 /// Fills `buf` from the stream, keeping descriptors that arrive on the way. Returns
@@ -179,41 +151,12 @@ fn read_exact_with_fds(
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
 ) -> Result<(), WireError> {
-    let mut filled = 0usize;
-    while filled < buf.len() {
-        // Room for a few: anything past the buffer is closed by the kernel (MSG_CTRUNC).
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let r = rustix::net::recvmsg(
-            sock,
-            &mut [IoSliceMut::new(&mut buf[filled..])],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        );
-        let n = match r {
-            Ok(m) => m.bytes,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(WireError::Io(e.into())),
-        };
-        for msg in control.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = msg {
-                for fd in received {
-                    if fds.len() < MAX_FDS_PER_FRAME {
-                        fds.push(fd);
-                    }
-                }
-            }
-        }
-        if n == 0 {
-            return Err(if filled == 0 {
-                WireError::Closed
-            } else {
-                WireError::Truncated
-            });
-        }
-        filled += n;
+    match fdpass::read_exact_with_fds(sock, buf, fds, MAX_FDS_PER_FRAME) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(WireError::Closed),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(WireError::Truncated),
+        Err(e) => Err(WireError::Io(e)),
     }
-    Ok(())
 }
 
 /// Receives one frame of at most `max` body bytes. An oversized frame is an error without
