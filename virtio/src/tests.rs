@@ -275,6 +275,21 @@ impl<'a> Rig<'a> {
     fn cmd_type(&mut self, req: &[u8]) -> u32 {
         resp_type(&self.cmd(req))
     }
+
+    /// Context 1 (capset 5) with guest blob 10 (one page at `DATA_BASE`) attached; returns
+    /// the test context's command that writes "hello" into it.
+    fn ctx_with_attached_blob(&mut self) -> [u8; 5] {
+        assert_eq!(self.cmd_type(&ctx_create(1, 5)), OK);
+        assert_eq!(
+            self.cmd_type(&guest_blob(10, 1, 4096, &[entry(DATA_BASE, 4096)])),
+            OK
+        );
+        assert_eq!(
+            self.cmd_type(&res_req(VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE, 1, 10)),
+            OK
+        );
+        [1, 10, 0, 0, 0]
+    }
 }
 
 fn resp_type(b: &[u8]) -> u32 {
@@ -444,6 +459,24 @@ fn create_blob(
         v.extend_from_slice(e.as_bytes());
     }
     v
+}
+
+/// `RESOURCE_CREATE_BLOB` of guest memory (no context, blob id 0).
+fn guest_blob(id: u32, flags: u32, size: u64, entries: &[virtio_gpu_mem_entry]) -> Vec<u8> {
+    create_blob(0, id, VIRTIO_GPU_BLOB_MEM_GUEST, flags, 0, size, entries)
+}
+
+/// `RESOURCE_CREATE_BLOB` of context `ctx`'s host memory.
+fn host_blob(ctx: u32, id: u32, flags: u32, blob_id: u64, size: u64) -> Vec<u8> {
+    create_blob(
+        ctx,
+        id,
+        VIRTIO_GPU_BLOB_MEM_HOST3D,
+        flags,
+        blob_id,
+        size,
+        &[],
+    )
 }
 
 /// Pages scattered in reverse order with gaps: page i of the buffer at DATA_BASE + (n-1-i)*8K.
@@ -711,15 +744,7 @@ fn device_contexts_create_attach_submit_destroy() {
     assert_eq!(rig.device.context_capset(1), Some(5));
     // A guest blob ring, attached to ctx 1.
     assert_eq!(
-        rig.cmd_type(&create_blob(
-            0,
-            10,
-            VIRTIO_GPU_BLOB_MEM_GUEST,
-            1,
-            0,
-            4096,
-            &[entry(DATA_BASE, 4096)]
-        )),
+        rig.cmd_type(&guest_blob(10, 1, 4096, &[entry(DATA_BASE, 4096)])),
         OK
     );
     let cmd = [1u8, 10, 0, 0, 0];
@@ -780,24 +805,7 @@ fn device_contexts_create_attach_submit_destroy() {
 fn device_fences_per_ring_pending_until_signalled() {
     let mem = guest();
     let mut rig = Rig::new(&mem);
-    assert_eq!(rig.cmd_type(&ctx_create(1, 5)), OK);
-    assert_eq!(
-        rig.cmd_type(&create_blob(
-            0,
-            10,
-            VIRTIO_GPU_BLOB_MEM_GUEST,
-            1,
-            0,
-            4096,
-            &[entry(DATA_BASE, 4096)]
-        )),
-        OK
-    );
-    assert_eq!(
-        rig.cmd_type(&res_req(VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE, 1, 10)),
-        OK
-    );
-    let cmd = [1u8, 10, 0, 0, 0];
+    let cmd = rig.ctx_with_attached_blob();
     // Two POLL-like fences on ring 1: held.
     let a = rig.submit(&submit3d(1, &cmd, Some((5, Some(1)))));
     let b = rig.submit(&submit3d(1, &cmd, Some((6, Some(1)))));
@@ -831,24 +839,7 @@ fn device_fences_per_ring_pending_until_signalled() {
 fn device_fence_completion_releases_earlier_fences_on_ring() {
     let mem = guest();
     let mut rig = Rig::new(&mem);
-    assert_eq!(rig.cmd_type(&ctx_create(1, 5)), OK);
-    assert_eq!(
-        rig.cmd_type(&create_blob(
-            0,
-            10,
-            VIRTIO_GPU_BLOB_MEM_GUEST,
-            1,
-            0,
-            4096,
-            &[entry(DATA_BASE, 4096)]
-        )),
-        OK
-    );
-    assert_eq!(
-        rig.cmd_type(&res_req(VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE, 1, 10)),
-        OK
-    );
-    let cmd = [1u8, 10, 0, 0, 0];
+    let cmd = rig.ctx_with_attached_blob();
     let a = rig.submit(&submit3d(1, &cmd, Some((5, Some(1)))));
     rig.pump();
     assert!(rig.used().is_empty());
@@ -876,18 +867,7 @@ fn device_guest_blob_copy_path_copies_damaged_rows_on_flush() {
     let (w, h) = (1024u32, 8u32);
     let size = u64::from(w * h * 4);
     let entries = scattered(size / 4096);
-    assert_eq!(
-        rig.cmd_type(&create_blob(
-            0,
-            20,
-            VIRTIO_GPU_BLOB_MEM_GUEST,
-            3,
-            0,
-            size,
-            &entries
-        )),
-        OK
-    );
+    assert_eq!(rig.cmd_type(&guest_blob(20, 3, size, &entries)), OK);
     assert_eq!(rig.cmd_type(&ctx_create(1, 5)), OK);
     assert_eq!(
         rig.cmd_type(&res_req(VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE, 1, 20)),
@@ -956,19 +936,11 @@ fn device_blob_errors_have_spec_codes() {
     let mut rig = Rig::new(&mem);
     let e = [entry(DATA_BASE, 4096)];
     assert_eq!(
-        rig.cmd_type(&create_blob(
-            0,
-            1,
-            VIRTIO_GPU_BLOB_MEM_GUEST,
-            1,
-            0,
-            8192,
-            &e
-        )),
+        rig.cmd_type(&guest_blob(1, 1, 8192, &e)),
         VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER
     );
     assert_eq!(
-        rig.cmd_type(&create_blob(0, 1, VIRTIO_GPU_BLOB_MEM_GUEST, 1, 0, 0, &e)),
+        rig.cmd_type(&guest_blob(1, 1, 0, &e)),
         VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER
     );
     assert_eq!(
@@ -976,28 +948,12 @@ fn device_blob_errors_have_spec_codes() {
         VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER
     );
     assert_eq!(
-        rig.cmd_type(&create_blob(
-            3,
-            1,
-            VIRTIO_GPU_BLOB_MEM_HOST3D,
-            1,
-            42,
-            4096,
-            &[]
-        )),
+        rig.cmd_type(&host_blob(3, 1, 1, 42, 4096)),
         VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID
     );
     assert_eq!(rig.cmd_type(&ctx_create(3, 5)), OK);
     assert_eq!(
-        rig.cmd_type(&create_blob(
-            3,
-            1,
-            VIRTIO_GPU_BLOB_MEM_HOST3D,
-            1,
-            41,
-            4096,
-            &[]
-        )),
+        rig.cmd_type(&host_blob(3, 1, 1, 41, 4096)),
         VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER
     );
     assert_eq!(
@@ -1013,18 +969,7 @@ fn device_blob_errors_have_spec_codes() {
         VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER
     );
     // Guest blobs accept backing changes (Linux >= 6.14 imports).
-    assert_eq!(
-        rig.cmd_type(&create_blob(
-            0,
-            2,
-            VIRTIO_GPU_BLOB_MEM_GUEST,
-            2,
-            0,
-            4096,
-            &e
-        )),
-        OK
-    );
+    assert_eq!(rig.cmd_type(&guest_blob(2, 2, 4096, &e)), OK);
     assert_eq!(
         rig.cmd_type(&res_req(VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING, 0, 2)),
         OK
@@ -1049,30 +994,8 @@ fn device_host_blob_map_needs_shmem_window() {
     let mut rig = Rig::new(&mem);
     assert_eq!(rig.cmd_type(&ctx_create(3, 5)), OK);
     let mappable = VIRTIO_GPU_BLOB_FLAG_USE_MAPPABLE;
-    assert_eq!(
-        rig.cmd_type(&create_blob(
-            3,
-            1,
-            VIRTIO_GPU_BLOB_MEM_HOST3D,
-            mappable,
-            42,
-            8192,
-            &[]
-        )),
-        OK
-    );
-    assert_eq!(
-        rig.cmd_type(&create_blob(
-            3,
-            2,
-            VIRTIO_GPU_BLOB_MEM_HOST3D,
-            0,
-            42,
-            8192,
-            &[]
-        )),
-        OK
-    );
+    assert_eq!(rig.cmd_type(&host_blob(3, 1, mappable, 42, 8192)), OK);
+    assert_eq!(rig.cmd_type(&host_blob(3, 2, 0, 42, 8192)), OK);
     // Without the vhost-user shared-memory protocol: a clean error.
     assert_eq!(rig.cmd_type(&map_blob(1, 0)), VIRTIO_GPU_RESP_ERR_UNSPEC);
     rig.device

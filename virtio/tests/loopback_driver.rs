@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crossway_protocols::virtgpu::*;
-use crossway_virtio::backend::{Endpoint, ServeConfig, serve};
 use crossway_virtio::blob::ExportMode;
 use crossway_virtio::context::{
     Context, ContextError, ContextFactory, ContextResources, CtxId, FenceStatus, HostBlob,
@@ -27,7 +26,7 @@ use crossway_virtio::device::DeviceConfig;
 use crossway_virtio::fence::FenceSignaler;
 use crossway_virtio::loopback::wire::{self, Request, Writer};
 use crossway_virtio::loopback::{
-    LoopbackClient, LoopbackConfig, LoopbackFile, LoopbackServer, LoopbackVm, ServerConfig,
+    LoopbackClient, LoopbackFile, LoopbackServer, LoopbackVm, ServerConfig,
 };
 use crossway_virtio::memfd::Memfd;
 
@@ -132,26 +131,13 @@ struct Setup {
 fn setup(name: &str) -> Setup {
     let dir = std::env::temp_dir().join(format!("crossway-lb-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gpu.sock");
-    let _ = std::fs::remove_file(&path);
-    let p2 = path.clone();
-    std::thread::spawn(move || {
-        let _ = serve(ServeConfig {
-            endpoint: Endpoint::SocketPath(p2),
-            device: DeviceConfig {
-                export_mode: ExportMode::CopyOnly,
-                host_visible_size: 64 << 20,
-                ..DeviceConfig::default()
-            },
-            factory: Box::new(TestFactory),
-        });
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "backend never listened");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let vm = LoopbackVm::connect(&path, LoopbackConfig::default()).unwrap();
+    let device = DeviceConfig {
+        export_mode: ExportMode::CopyOnly,
+        host_visible_size: 64 << 20,
+        ..DeviceConfig::default()
+    };
+    let vm = LoopbackVm::with_backend_thread(&dir.join("gpu.sock"), device, Box::new(TestFactory))
+        .unwrap();
     Setup { vm, _dir: dir }
 }
 

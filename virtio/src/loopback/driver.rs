@@ -188,6 +188,35 @@ impl LoopbackVm {
         LoopbackVm::start(Vmm::connect(path, ram)?, config)
     }
 
+    /// The whole chain in one process, for tests and benches: serves `device` with `factory`
+    /// (the real vhost-user backend, [`crate::backend::serve`]) on a thread listening at
+    /// `path`, waits up to 10 s for the socket, and connects a loopback VM with the default
+    /// configuration. The backend thread ends when the VM disconnects.
+    pub fn with_backend_thread(
+        path: &Path,
+        device: crate::device::DeviceConfig,
+        factory: Box<dyn crate::context::ContextFactory>,
+    ) -> Result<LoopbackVm, FrontendError> {
+        let _ = std::fs::remove_file(path);
+        let endpoint = crate::backend::Endpoint::SocketPath(path.to_path_buf());
+        std::thread::spawn(move || {
+            let config = crate::backend::ServeConfig {
+                endpoint,
+                device,
+                factory,
+            };
+            if let Err(e) = crate::backend::serve(config) {
+                tracing::warn!(error = %e, "in-process backend stopped");
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !path.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Past the deadline, connecting reports the missing socket.
+        LoopbackVm::connect(path, LoopbackConfig::default())
+    }
+
     fn start(vmm: Vmm, config: LoopbackConfig) -> Result<LoopbackVm, FrontendError> {
         // Pages for blobs and requests, handed out so that consecutive allocations alternate
         // between regions (pop from the end): a blob's pages are scattered like shmem pages.
