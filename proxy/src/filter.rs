@@ -17,7 +17,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -61,13 +61,7 @@ pub struct FilterArgs {
 
 /// Runs `filter` until SIGINT or SIGTERM.
 pub fn run(args: FilterArgs) -> Result<()> {
-    let path = if args.listen.starts_with('/') {
-        PathBuf::from(&args.listen)
-    } else {
-        let dir = std::env::var_os("XDG_RUNTIME_DIR")
-            .context("XDG_RUNTIME_DIR is not set and --listen is not an absolute path")?;
-        Path::new(&dir).join(&args.listen)
-    };
+    let path = crate::host::runtime_socket_path(&args.listen).context("--listen")?;
     let setup = RelaySetup::from_args(&args.relay)?;
     setup.install_stats_dump()?;
     let listener = bind(&path)?;
@@ -84,20 +78,12 @@ pub fn run(args: FilterArgs) -> Result<()> {
             control.display()
         ));
     }
-    write_stdout(&announce)?;
+    crate::write_stdout(&announce)?;
 
     let result = accept_loop(&listener, &setup, &args, &stop);
     let _ = std::fs::remove_file(&path);
     let finished = setup.finish();
     result.and(finished)
-}
-
-fn write_stdout(text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
 }
 
 /// Binds `path`, replacing a stale socket nobody listens on, never a live one.

@@ -190,21 +190,34 @@ pub struct HostConnector {
     context: Option<Arc<SecurityListener>>,
 }
 
-/// A security-context listener the host accepts on: its socket's path (connected to for
-/// every guest client) and the close fd whose hang-up tells the host to stop accepting.
+/// A security-context listener the host accepts on: its socket (connected to for every guest
+/// client) and the close fd whose hang-up tells the host to stop accepting.
 #[derive(Debug)]
 struct SecurityListener {
-    dir: PathBuf,
-    path: PathBuf,
+    socket: ListenerFiles,
     app_id: String,
     // Held, never read: the host stops accepting on the listener when this end closes.
     _close_fd: OwnedFd,
 }
 
-impl Drop for SecurityListener {
-    fn drop(&mut self) {
+/// A listening socket's path and the private directory made for it: removed on drop, or
+/// earlier by [`ListenerFiles::remove`] for an exit that runs no destructors.
+#[derive(Debug)]
+struct ListenerFiles {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl ListenerFiles {
+    fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl Drop for ListenerFiles {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
@@ -222,8 +235,7 @@ impl HostConnector {
     /// directory) now, for an exit that runs no destructors.
     pub fn remove_owned_files(&self) {
         if let Some(l) = &self.context {
-            let _ = std::fs::remove_file(&l.path);
-            let _ = std::fs::remove_dir(&l.dir);
+            l.socket.remove();
         }
     }
 
@@ -242,23 +254,14 @@ impl HostConnector {
             Some(d) => d.to_owned(),
             None => std::env::var("WAYLAND_DISPLAY").unwrap_or_else(|_| "wayland-0".into()),
         };
-        if name.starts_with('/') {
-            return Ok(HostConnector::new(PathBuf::from(name)));
-        }
-        let dir = std::env::var_os("XDG_RUNTIME_DIR").ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("XDG_RUNTIME_DIR is not set, so the display {name:?} cannot be found"),
-            )
-        })?;
-        Ok(HostConnector::new(Path::new(&dir).join(name)))
+        runtime_socket_path(&name).map(HostConnector::new)
     }
 
     /// The socket new connections go to: the security-context listener where there is one,
     /// else the compositor's own socket.
     pub fn socket(&self) -> &Path {
         match &self.context {
-            Some(ctx) => &ctx.path,
+            Some(ctx) => &ctx.socket.path,
             None => &self.socket,
         }
     }
@@ -283,14 +286,16 @@ impl HostConnector {
     ) -> Result<HostConnector, HostError> {
         let deadline = Instant::now() + limits.timeout;
         let dir = private_dir()?;
-        let path = dir.join("wayland-sc");
+        // Owned from here so the directory is removed on every error path.
+        let files = ListenerFiles {
+            path: dir.join("wayland-sc"),
+            dir,
+        };
         let io_err = |source| HostError::Io {
-            path: path.clone(),
+            path: files.path.clone(),
             source,
         };
-        // Created before anything can fail so the directory is removed on every error path.
-        let cleanup = DirGuard(dir.clone(), path.clone());
-        let listener = UnixListener::bind(&path).map_err(io_err)?;
+        let listener = UnixListener::bind(&files.path).map_err(io_err)?;
         let (close_read, close_write) = std::io::pipe().map_err(io_err)?;
         let (close_read, close_write) = (OwnedFd::from(close_read), OwnedFd::from(close_write));
 
@@ -319,14 +324,12 @@ impl HostConnector {
         session.roundtrip(&mut state, deadline)?;
         drop(listener);
         drop(close_read);
-        std::mem::forget(cleanup);
-        info!(app_id = %spec.app_id, instance_id = %spec.instance_id, socket = %path.display(),
+        info!(app_id = %spec.app_id, instance_id = %spec.instance_id, socket = %files.path.display(),
             "host connections go through a security context");
         Ok(HostConnector {
             socket: self.socket.clone(),
             context: Some(Arc::new(SecurityListener {
-                dir,
-                path,
+                socket: files,
                 app_id: spec.app_id.clone(),
                 _close_fd: close_write,
             })),
@@ -345,14 +348,19 @@ impl HostConnector {
     }
 }
 
-/// Removes a half-made listener directory on error paths.
-struct DirGuard(PathBuf, PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.1);
-        let _ = std::fs::remove_dir(&self.0);
+/// Where a Wayland socket `name` is, as libwayland resolves it: an absolute path stays, a name
+/// is in `$XDG_RUNTIME_DIR`.
+pub fn runtime_socket_path(name: &str) -> io::Result<PathBuf> {
+    if name.starts_with('/') {
+        return Ok(PathBuf::from(name));
     }
+    let dir = std::env::var_os("XDG_RUNTIME_DIR").ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("XDG_RUNTIME_DIR is not set, so the socket {name:?} has no directory"),
+        )
+    })?;
+    Ok(Path::new(&dir).join(name))
 }
 
 /// A new directory only this user can enter, for a listening socket.
@@ -570,47 +578,15 @@ impl Dispatch<linux_dmabuf::ZwpLinuxDmabufV1, ()> for ProbeState {
         match event {
             // Deprecated with v3's `modifier`, which v3 compositors send too; a bare format
             // means "implicit modifier".
-            linux_dmabuf::Event::Format { format }
-                if state.legacy.modifiers_of(format).next().is_none() =>
-            {
-                state.legacy.push(
-                    FormatModifier {
-                        format,
-                        modifier: MOD_INVALID,
-                    },
-                    false,
-                );
-            }
+            linux_dmabuf::Event::Format { format } => state.legacy_format(format),
             linux_dmabuf::Event::Modifier {
                 format,
                 modifier_hi,
                 modifier_lo,
-            } => {
-                let modifier = (u64::from(modifier_hi) << 32) | u64::from(modifier_lo);
-                let implicit = FormatModifier {
-                    format,
-                    modifier: MOD_INVALID,
-                };
-                // A `format` event may have come first: keep its place, with the real pair.
-                let pair = FormatModifier { format, modifier };
-                if state.legacy.contains(implicit) && modifier != MOD_INVALID {
-                    state.legacy = state
-                        .legacy
-                        .iter()
-                        .map(|p| {
-                            if p.pair == implicit {
-                                dmabuf::Preference {
-                                    pair,
-                                    scanout: false,
-                                }
-                            } else {
-                                *p
-                            }
-                        })
-                        .collect();
-                }
-                state.legacy.push(pair, false);
-            }
+            } => state.legacy_modifier(
+                format,
+                (u64::from(modifier_hi) << 32) | u64::from(modifier_lo),
+            ),
             _ => {}
         }
     }
@@ -660,11 +636,7 @@ impl Dispatch<feedback::ZwpLinuxDmabufFeedbackV1, ()> for ProbeState {
                 }
             }
             feedback::Event::TrancheDone => {
-                let tranche = state.tranche.take().unwrap_or(Tranche {
-                    target_device: 0,
-                    flags: 0,
-                    indices: Vec::new(),
-                });
+                let tranche = state.tranche.take().unwrap_or_else(empty_tranche);
                 if state.tranches.len() >= dmabuf::MAX_TABLE_ENTRIES {
                     state.fail("too many tranches");
                 } else {
@@ -679,11 +651,56 @@ impl Dispatch<feedback::ZwpLinuxDmabufFeedbackV1, ()> for ProbeState {
 
 impl ProbeState {
     fn tranche_mut(&mut self) -> &mut Tranche {
-        self.tranche.get_or_insert_with(|| Tranche {
-            target_device: 0,
-            flags: 0,
-            indices: Vec::new(),
-        })
+        self.tranche.get_or_insert_with(empty_tranche)
+    }
+
+    /// A v1–v2 `format` event (deprecated by v3's `modifier`, which v3 compositors send too):
+    /// a bare format means "implicit modifier", unless a modifier for it came already.
+    fn legacy_format(&mut self, format: u32) {
+        if self.legacy.modifiers_of(format).next().is_none() {
+            self.legacy.push(
+                FormatModifier {
+                    format,
+                    modifier: MOD_INVALID,
+                },
+                false,
+            );
+        }
+    }
+
+    /// A v3 `modifier` event. A `format` event may have come first: the real pair takes its
+    /// place.
+    fn legacy_modifier(&mut self, format: u32, modifier: u64) {
+        let implicit = FormatModifier {
+            format,
+            modifier: MOD_INVALID,
+        };
+        let pair = FormatModifier { format, modifier };
+        if self.legacy.contains(implicit) && modifier != MOD_INVALID {
+            self.legacy = self
+                .legacy
+                .iter()
+                .map(|p| {
+                    if p.pair == implicit {
+                        dmabuf::Preference {
+                            pair,
+                            scanout: false,
+                        }
+                    } else {
+                        *p
+                    }
+                })
+                .collect();
+        }
+        self.legacy.push(pair, false);
+    }
+}
+
+fn empty_tranche() -> Tranche {
+    Tranche {
+        target_device: 0,
+        flags: 0,
+        indices: Vec::new(),
     }
 }
 
@@ -719,22 +736,22 @@ mod tests {
     #[test]
     fn legacy_modifier_replaces_implicit_format_in_place() {
         let mut state = ProbeState::default();
-        state.legacy.push(
-            FormatModifier {
-                format: 1,
-                modifier: MOD_INVALID,
-            },
-            false,
+        state.legacy_format(1);
+        state.legacy_format(2);
+        state.legacy_modifier(1, 0x0100_0000_0000_0001);
+        state.legacy_modifier(1, 0);
+        // A `format` after the format's modifiers adds no implicit pair.
+        state.legacy_format(1);
+        let pairs: Vec<(u32, u64)> = state
+            .feedback_result()
+            .unwrap()
+            .iter()
+            .map(|p| (p.pair.format, p.pair.modifier))
+            .collect();
+        assert_eq!(
+            pairs,
+            [(1, 0x0100_0000_0000_0001), (2, MOD_INVALID), (1, 0)]
         );
-        state.legacy.push(
-            FormatModifier {
-                format: 2,
-                modifier: 0,
-            },
-            false,
-        );
-        let list = state.feedback_result().unwrap();
-        assert_eq!(list.len(), 2);
     }
 
     #[test]

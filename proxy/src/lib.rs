@@ -134,7 +134,7 @@ fn demo(args: cli::DemoArgs) -> Result<()> {
 }
 
 /// A command's real output goes to stdout; logs go to stderr.
-fn write_stdout(text: &str) -> Result<()> {
+pub(crate) fn write_stdout(text: &str) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;

@@ -178,9 +178,7 @@ impl RelaySetup {
             None => Ok(()),
         }
     }
-}
 
-impl RelaySetup {
     /// On SIGTERM or SIGINT, from a thread of its own: logs and writes the counters, removes
     /// every file this setup made (security-context listener, headless sockets, private
     /// directory) and exits with status 0. For commands whose main loop cannot be interrupted
@@ -225,15 +223,7 @@ impl RelaySetup {
 
 impl Drop for RelaySetup {
     fn drop(&mut self) {
-        if let Some(control) = &self.headless_control {
-            let _ = std::fs::remove_file(control);
-        }
-        if let Some(h) = &self.headless {
-            let _ = std::fs::remove_file(h.socket_path());
-        }
-        if let Some(dir) = &self.private_dir {
-            let _ = std::fs::remove_dir(dir);
-        }
+        self.remove_owned_files();
     }
 }
 

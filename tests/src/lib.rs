@@ -282,6 +282,15 @@ impl ProxyProcess {
         Ok(process)
     }
 
+    /// `crossway-proxy filter --listen <rt>/f ARGS`: a filter whose host, VM name and other
+    /// options `args` give.
+    pub fn filter(rt: &Runtime, args: &[&str]) -> Result<ProxyProcess> {
+        let listen = rt.path().join("f");
+        let mut all = vec!["filter".as_ref(), "--listen".as_ref(), listen.as_os_str()];
+        all.extend(args.iter().map(std::ffi::OsStr::new));
+        ProxyProcess::start(rt, "filter", all)
+    }
+
     /// Its pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -371,4 +380,53 @@ pub fn start_weston(rt: &Runtime, test: &str, name: &str) -> Result<Option<(Proc
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(Some((process, socket)))
+}
+
+/// The globals `wayland-info` (at `program`) lists on `socket`: interface → version.
+pub fn wayland_info_globals(
+    rt: &Runtime,
+    program: &Path,
+    socket: &Path,
+) -> Result<std::collections::BTreeMap<String, u32>> {
+    let (code, out, err) = Process::spawn("wayland-info", &mut rt.client(program, socket))?
+        .wait(Duration::from_secs(10))?;
+    if code != Some(0) {
+        bail!("wayland-info exited with {code:?}\n{err}");
+    }
+    Ok(parse_wayland_info(&out))
+}
+
+/// The globals in `wayland-info`'s output (`interface: 'wl_shm', version: 2, name: 3`):
+/// interface → version.
+pub fn parse_wayland_info(out: &str) -> std::collections::BTreeMap<String, u32> {
+    out.lines()
+        .filter_map(|l| {
+            let interface = l.split('\'').nth(1)?;
+            let version = l
+                .split("version:")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((interface.to_owned(), version))
+        })
+        .collect()
+}
+
+/// What `wl-paste --no-newline ARGS` (at `program`) reads from the compositor at `socket`,
+/// asked up to 50 times 100 ms apart until it exits 0 with something: the copying client may
+/// not have set its selection yet. Empty if it never did.
+pub fn paste(rt: &Runtime, program: &Path, socket: &Path, args: &[&str]) -> Result<String> {
+    for _ in 0..50 {
+        let mut cmd = rt.client(program, socket);
+        cmd.arg("--no-newline").args(args);
+        let (code, out, _) = Process::spawn("wl-paste", &mut cmd)?.wait(Duration::from_secs(5))?;
+        if code == Some(0) && !out.is_empty() {
+            return Ok(out);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(String::new())
 }

@@ -7,30 +7,17 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crossway_proxy::headless::control::request;
-use crossway_tests::{Process, ProxyProcess, Runtime, require};
+use crossway_tests::{Process, ProxyProcess, Runtime, paste, require};
 use serde_json::json;
 
 fn filter_on_headless(rt: &Runtime) -> ProxyProcess {
-    let listen = rt.path().join("f").display().to_string();
-    ProxyProcess::start(
-        rt,
-        "filter",
-        [
-            "filter",
-            "--listen",
-            &listen,
-            "--headless",
-            "--vm-name",
-            "clip",
-        ],
-    )
-    .unwrap()
+    ProxyProcess::filter(rt, &["--headless", "--vm-name", "clip"]).unwrap()
 }
 
 #[test]
 fn selection_round_trips_through_filter() {
     let test = "selection_round_trips_through_filter";
-    let (Some(copy), Some(paste)) = (
+    let (Some(copy), Some(wl_paste)) = (
         require(test, "wl-copy", "wl-clipboard"),
         require(test, "wl-paste", "wl-clipboard"),
     ) else {
@@ -53,20 +40,7 @@ fn selection_round_trips_through_filter() {
         .unwrap()
         .write_all(text.as_bytes())
         .unwrap();
-    let mut pasted = String::new();
-    for _ in 0..50 {
-        let mut cmd = rt.client(&paste, &filter.socket);
-        cmd.arg("--no-newline");
-        let (code, out, _) = Process::spawn("wl-paste", &mut cmd)
-            .unwrap()
-            .wait(Duration::from_secs(5))
-            .unwrap();
-        if code == Some(0) && !out.is_empty() {
-            pasted = out;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let pasted = paste(&rt, &wl_paste, &filter.socket, &[]).unwrap();
     let _ = copier.kill();
     let _ = copier.wait();
     assert_eq!(pasted, text, "filter log:\n{}", filter.log_text());

@@ -5,7 +5,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crossway_tests::{Process, ProxyProcess, Runtime, require, workspace_binary};
+use crossway_tests::{
+    Process, ProxyProcess, Runtime, parse_wayland_info, require, workspace_binary,
+};
 
 #[test]
 fn policy_file_denies_a_global_and_caps_a_version() {
@@ -23,38 +25,19 @@ fn policy_file_denies_a_global_and_caps_a_version() {
         "[globals]\nzxdg_output_manager_v1 = false\nwl_compositor = 4\n",
     )
     .unwrap();
-    let listen = rt.path().join("f").display().to_string();
     let policy_arg = policy.display().to_string();
-    let filter = ProxyProcess::start(
-        &rt,
-        "filter",
-        [
-            "filter",
-            "--listen",
-            &listen,
-            "--headless",
-            "--policy",
-            &policy_arg,
-        ],
-    )
-    .unwrap();
+    let filter = ProxyProcess::filter(&rt, &["--headless", "--policy", &policy_arg]).unwrap();
     let (code, out, err) = Process::spawn("wayland-info", &mut rt.client(&info, &filter.socket))
         .unwrap()
         .wait(Duration::from_secs(10))
         .unwrap();
     assert_eq!(code, Some(0), "{err}");
     assert!(!out.contains("'zxdg_output_manager_v1'"), "{out}");
-    let compositor = out
-        .lines()
-        .find(|l| l.contains("'wl_compositor'"))
-        .unwrap_or_else(|| panic!("{out}"));
-    let version: u32 = compositor
-        .split("version:")
-        .nth(1)
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{compositor}"));
-    assert_eq!(version, 4, "{compositor}");
+    assert_eq!(
+        parse_wayland_info(&out).get("wl_compositor"),
+        Some(&4),
+        "{out}"
+    );
 }
 
 #[test]

@@ -11,21 +11,10 @@ use crossway_tests::{Process, ProxyProcess, Runtime, require};
 use serde_json::{Value, json};
 
 fn filter_with_stats(rt: &Runtime, stats: &Path) -> ProxyProcess {
-    let listen = rt.path().join("f").display().to_string();
     let stats = stats.display().to_string();
-    ProxyProcess::start(
+    ProxyProcess::filter(
         rt,
-        "filter",
-        [
-            "filter",
-            "--listen",
-            &listen,
-            "--headless",
-            "--vm-name",
-            "counted",
-            "--stats-file",
-            &stats,
-        ],
+        &["--headless", "--vm-name", "counted", "--stats-file", &stats],
     )
     .unwrap()
 }
@@ -83,7 +72,6 @@ fn sigusr1_and_exit_write_the_counters() {
 }
 
 #[test]
-
 fn counters_see_messages_frames_and_buffers() {
     let rt = Runtime::new().unwrap();
     let path = rt.path().join("stats.json");

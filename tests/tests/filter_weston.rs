@@ -3,11 +3,10 @@
 //! only what the policy allows.
 #![allow(clippy::unwrap_used)] // a failed unwrap is the test failure
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crossway_tests::{Process, ProxyProcess, Runtime, require, start_weston};
+use crossway_tests::{Process, ProxyProcess, Runtime, require, start_weston, wayland_info_globals};
 
 /// A screenshot of weston's output by weston-screenshooter (connected directly), in a fresh
 /// directory: (width, height, bytes per pixel, pixels).
@@ -44,6 +43,12 @@ fn weston_screenshot(
     (frame.width, frame.height, samples, buf)
 }
 
+/// A filter in front of weston at `socket`.
+fn filter_on_weston(rt: &Runtime, socket: &Path) -> ProxyProcess {
+    let display = socket.display().to_string();
+    ProxyProcess::filter(rt, &["--wayland-display", &display]).unwrap()
+}
+
 #[test]
 fn simple_shm_draws_on_weston_through_filter() {
     let test = "simple_shm_draws_on_weston_through_filter";
@@ -57,20 +62,7 @@ fn simple_shm_draws_on_weston_through_filter() {
     let Some((_weston, socket)) = start_weston(&rt, test, "weston-0").unwrap() else {
         return;
     };
-    let listen = rt.path().join("f").display().to_string();
-    let wayland_display = socket.display().to_string();
-    let filter = ProxyProcess::start(
-        &rt,
-        "filter",
-        [
-            "filter",
-            "--listen",
-            &listen,
-            "--wayland-display",
-            &wayland_display,
-        ],
-    )
-    .unwrap();
+    let filter = filter_on_weston(&rt, &socket);
     let before = weston_screenshot(&rt, &screenshooter, &socket, "before");
     let mut client =
         Process::spawn("weston-simple-shm", &mut rt.client(shm, &filter.socket)).unwrap();
@@ -102,31 +94,7 @@ fn simple_shm_draws_on_weston_through_filter() {
     );
 }
 
-/// wayland-info's globals: interface → version.
-fn globals(rt: &Runtime, program: &Path, socket: &Path) -> BTreeMap<String, u32> {
-    let (code, out, err) = Process::spawn("wayland-info", &mut rt.client(program, socket))
-        .unwrap()
-        .wait(Duration::from_secs(10))
-        .unwrap();
-    assert_eq!(code, Some(0), "{err}");
-    out.lines()
-        .filter_map(|l| {
-            let interface = l.split('\'').nth(1)?;
-            let version = l
-                .split("version:")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .trim()
-                .parse()
-                .ok()?;
-            Some((interface.to_owned(), version))
-        })
-        .collect()
-}
-
 #[test]
-
 fn wayland_info_through_filter_sees_only_allowed_globals() {
     let test = "wayland_info_through_filter_sees_only_allowed_globals";
     let Some(info) = require(test, "wayland-info", "wayland-utils") else {
@@ -136,22 +104,9 @@ fn wayland_info_through_filter_sees_only_allowed_globals() {
     let Some((_weston, socket)) = start_weston(&rt, test, "weston-0").unwrap() else {
         return;
     };
-    let listen = rt.path().join("f").display().to_string();
-    let wayland_display = socket.display().to_string();
-    let filter = ProxyProcess::start(
-        &rt,
-        "filter",
-        [
-            "filter",
-            "--listen",
-            &listen,
-            "--wayland-display",
-            &wayland_display,
-        ],
-    )
-    .unwrap();
-    let direct = globals(&rt, &info, &socket);
-    let filtered = globals(&rt, &info, &filter.socket);
+    let filter = filter_on_weston(&rt, &socket);
+    let direct = wayland_info_globals(&rt, &info, &socket).unwrap();
+    let filtered = wayland_info_globals(&rt, &info, &filter.socket).unwrap();
     for (interface, version) in &filtered {
         let offered = direct.get(interface);
         assert!(

@@ -546,19 +546,7 @@ fn run_compositor(
             Generic::new(listener, Interest::READ, PollMode::Level),
             |_, listener, (state, _)| {
                 while let Ok(Some(stream)) = listener.accept() {
-                    match state
-                        .display
-                        .insert_client(stream, Arc::new(ClientState::default()))
-                    {
-                        Ok(_) => {
-                            state
-                                .stats
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .clients += 1
-                        }
-                        Err(err) => warn!(?err, "client not accepted"),
-                    }
+                    state.accept_client(stream, ClientState::default());
                 }
                 Ok(PostAction::Continue)
             },

@@ -108,6 +108,16 @@ pub struct State {
 }
 
 impl State {
+    /// Takes `stream` on as a client with `data` (which says whether it came through a
+    /// security context) and counts it.
+    pub fn accept_client(&mut self, stream: std::os::unix::net::UnixStream, data: ClientState) {
+        let sandboxed = data.security_context.is_some();
+        match self.display.insert_client(stream, Arc::new(data)) {
+            Ok(_) => self.stats.lock().unwrap_or_else(|e| e.into_inner()).clients += 1,
+            Err(err) => warn!(?err, sandboxed, "client not accepted"),
+        }
+    }
+
     /// The window whose toplevel (or a subsurface of it) is `surface`.
     pub fn window_for(&self, surface: &WlSurface) -> Option<Window> {
         self.space
@@ -467,16 +477,7 @@ impl SecurityContextHandler for State {
                     security_context: Some(context.clone()),
                     ..ClientState::default()
                 };
-                match state.display.insert_client(stream, Arc::new(data)) {
-                    Ok(_) => {
-                        state
-                            .stats
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .clients += 1
-                    }
-                    Err(err) => warn!(?err, "security-context client not accepted"),
-                }
+                state.accept_client(stream, data);
             });
         if let Err(err) = inserted {
             warn!(%err, "security-context listener not watched");
