@@ -20,7 +20,8 @@
 //!   `keymap format F size N xkb_keymap`.
 //! - `bad-resource`, `bad-pipe`, `bad-size`: a SEND naming a resource that does not exist, a
 //!   read pipe with a wrong guessed id, a Wayland message lying about its size. Each prints
-//!   `bad: WHAT HAPPENED`, then opens a fresh channel and prints `fresh: N globals`.
+//!   `bad: WHAT HAPPENED`, then opens a fresh channel and prints `fresh: N globals` (failing
+//!   unless they are the globals the first channel saw).
 //!
 //! With `--hold-until PATH` a window scenario keeps its window (answering pings) until PATH
 //! exists, then prints `released`. Failures print `failed: ...` and exit 1.
