@@ -323,7 +323,8 @@ pub struct Channel<D: VirtGpu> {
     open_read_pipes: HashSet<u32>,
     images: HashMap<(u32, u32, u32, u32), ImageRequirements>,
     poll_outstanding: bool,
-    fences: u32,
+    /// The outstanding POLL's fence arrived (one POLL is outstanding at a time).
+    fence_signaled: bool,
     event_carry: Vec<u8>,
     closed: bool,
     cmd: Vec<u8>,
@@ -444,13 +445,12 @@ impl<D: VirtGpu> Channel<D> {
             open_read_pipes: HashSet::new(),
             images: HashMap::new(),
             poll_outstanding: false,
-            fences: 0,
+            fence_signaled: false,
             event_carry: Vec::new(),
             closed: false,
             cmd: Vec::with_capacity(CROSS_DOMAIN_RING_SIZE),
             ring_copy: Box::new([0; CROSS_DOMAIN_RING_SIZE]),
         };
-        ch.cmd.clear();
         encode::init(
             &mut ch.cmd,
             ch.query.handles.res_handle,
@@ -615,7 +615,7 @@ impl<D: VirtGpu> Channel<D> {
         if !self.wait_fence(timeout)? {
             return Ok(None);
         }
-        self.fences -= 1;
+        self.fence_signaled = false;
         self.poll_outstanding = false;
         // Copy the message out before the next POLL lets the host write the ring again.
         self.channel
@@ -663,7 +663,7 @@ impl<D: VirtGpu> Channel<D> {
     fn wait_fence(&mut self, timeout: Duration) -> Result<bool, ChannelError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.fences > 0 {
+            if self.fence_signaled {
                 return Ok(true);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -714,10 +714,10 @@ impl<D: VirtGpu> Channel<D> {
                 continue;
             }
             // One POLL is outstanding at a time, so at most one fence can be pending.
-            if !self.poll_outstanding || self.fences > 0 {
+            if !self.poll_outstanding || self.fence_signaled {
                 return Err(ChannelError::SpuriousFence);
             }
-            self.fences += 1;
+            self.fence_signaled = true;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 
 mod loopback_cross_domain_common;
 
+use crossway_proxy::relay::Policy;
 use crossway_tests::Runtime;
 use loopback_cross_domain_common::{headless, run_guest};
 
@@ -28,5 +29,20 @@ fn loopback_cross_domain_registry_lists_allowed_globals() {
             "{needed} missing from {globals:?}"
         );
     }
-    assert!(globals.iter().all(|(_, v)| *v >= 1), "{globals:?}");
+    // Every global is one the default policy allows, at most at its cap; the headless host's
+    // wp_security_context_manager_v1 (denied) is not among them.
+    let policy = Policy::default();
+    for (name, version) in &globals {
+        let cap = policy.cap(name);
+        assert!(
+            cap.is_some_and(|cap| (1..=cap).contains(version)),
+            "{name} v{version} passed, policy cap {cap:?}"
+        );
+    }
+    assert!(
+        !globals
+            .iter()
+            .any(|(n, _)| *n == "wp_security_context_manager_v1"),
+        "{globals:?}"
+    );
 }

@@ -20,7 +20,8 @@
 //!   `keymap format F size N xkb_keymap`.
 //! - `bad-resource`, `bad-pipe`, `bad-size`: a SEND naming a resource that does not exist, a
 //!   read pipe with a wrong guessed id, a Wayland message lying about its size. Each prints
-//!   `bad: WHAT HAPPENED`, then opens a fresh channel and prints `fresh: N globals`.
+//!   `bad: WHAT HAPPENED`, then opens a fresh channel and prints `fresh: N globals` (failing
+//!   unless they are the globals the first channel saw).
 //!
 //! With `--hold-until PATH` a window scenario keeps its window (answering pings) until PATH
 //! exists, then prints `released`. Failures print `failed: ...` and exit 1.
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use clap::{Parser, ValueEnum};
 use crossway_agent::channel::{
-    Channel, ChannelConfig, ChannelMessage, HostItem, HostItemKind, SendId,
+    Channel, ChannelConfig, ChannelError, ChannelMessage, HostItem, HostItemKind, SendId,
 };
 use crossway_protocols::cross_domain::{
     CROSS_DOMAIN_ID_TYPE_READ_PIPE, CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB,
@@ -524,13 +525,20 @@ fn present(
     say("shown")
 }
 
-fn shm_window(c: &mut Conn, cli: &Cli) -> Result<()> {
+/// The registry, then wl_compositor at `compositor_version`, xdg_wm_base v1 and wl_shm v1 in
+/// this order, then a round trip: how both window clients start. Returns their ids.
+fn window_globals(c: &mut Conn, compositor_version: u32) -> Result<(u32, u32, u32)> {
     c.registry()?;
-    // weston-simple-shm binds these three at version 1, in this order.
-    let compositor = c.bind("wl_compositor", 1)?;
+    let compositor = c.bind("wl_compositor", compositor_version)?;
     let wm = c.bind("xdg_wm_base", 1)?;
     let shm = c.bind("wl_shm", 1)?;
     c.roundtrip()?;
+    Ok((compositor, wm, shm))
+}
+
+fn shm_window(c: &mut Conn, cli: &Cli) -> Result<()> {
+    // weston-simple-shm binds all three at version 1.
+    let (compositor, wm, shm) = window_globals(c, 1)?;
     let formats: Vec<u32> = c
         .events
         .iter()
@@ -560,12 +568,8 @@ fn shm_window(c: &mut Conn, cli: &Cli) -> Result<()> {
 }
 
 fn host_blob_window(c: &mut Conn, cli: &Cli) -> Result<()> {
-    c.registry()?;
     // sommelier binds wl_compositor at v4 where offered (damage_buffer).
-    let compositor = c.bind("wl_compositor", 4)?;
-    let wm = c.bind("xdg_wm_base", 1)?;
-    let shm = c.bind("wl_shm", 1)?;
-    c.roundtrip()?;
+    let (compositor, wm, shm) = window_globals(c, 4)?;
     let (surface, _, _) = toplevel(c, compositor, wm, cli)?;
     let (w, h) = (cli.width, cli.height);
     let req =
@@ -741,57 +745,68 @@ fn registry(c: &mut Conn) -> Result<()> {
     say("done")
 }
 
-/// Runs `bad`, then shows that a fresh channel on the same VM still serves a client.
-fn bad(path: &Path, scenario: Scenario) -> Result<()> {
+/// What a bad scenario sends: the raw SEND's outcome (refused at once, or accepted by the
+/// device for the host to judge).
+type BadSend = fn(&mut Conn) -> Result<Result<(), ChannelError>>;
+
+/// wl_shm.create_pool naming a resource id that no blob has.
+fn bad_resource(c: &mut Conn) -> Result<Result<(), ChannelError>> {
+    let shm = c.bind("wl_shm", 1)?;
+    c.flush()?;
+    let pool = c.peek_id();
+    let mut msg = Vec::new();
+    wire::encode_unchecked(
+        &mut msg,
+        oid(shm)?,
+        0,
+        &[Arg::NewId(oid(pool)?), Arg::Fd, Arg::Int(4096)],
+    )?;
+    Ok(c.ch.send_raw(
+        &msg,
+        &[ident(0x00de_ad00, CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB)],
+    ))
+}
+
+/// A sync carrying a read pipe whose id skips ahead of the host's counter.
+fn bad_pipe(c: &mut Conn) -> Result<Result<(), ChannelError>> {
+    let msg = raw_sync(c)?;
+    Ok(c.ch.send_raw(&msg, &[ident(0x8000_0005, CROSS_DOMAIN_ID_TYPE_READ_PIPE)]))
+}
+
+/// wl_display.sync whose header claims 4 bytes, less than the header itself (a larger lie
+/// would only make the host wait for bytes that never come).
+fn bad_size(c: &mut Conn) -> Result<Result<(), ChannelError>> {
+    let mut msg = raw_sync(c)?;
+    msg[4..8].copy_from_slice(&(4u32 << 16).to_ne_bytes());
+    Ok(c.ch.send_raw(&msg, &[]))
+}
+
+/// A wl_display.sync the object map never sees, for [`Channel::send_raw`].
+fn raw_sync(c: &Conn) -> Result<Vec<u8>> {
+    let mut msg = Vec::new();
+    wire::encode_unchecked(
+        &mut msg,
+        ObjectId::DISPLAY,
+        0,
+        &[Arg::NewId(oid(c.peek_id())?)],
+    )?;
+    Ok(msg)
+}
+
+fn ident(id: u32, id_type: u32) -> Identifier {
+    Identifier {
+        id,
+        id_type,
+        size: 0,
+    }
+}
+
+/// Runs `send`, then shows that a fresh channel on the same VM still serves a client: the
+/// same globals as before.
+fn bad(path: &Path, send: BadSend) -> Result<()> {
     let mut c = Conn::open(path)?;
     c.registry()?;
-    let outcome = match scenario {
-        Scenario::BadResource => {
-            // wl_shm.create_pool naming a resource id that no blob has.
-            let shm = c.bind("wl_shm", 1)?;
-            c.flush()?;
-            let pool = c.peek_id();
-            let mut msg = Vec::new();
-            wire::encode_unchecked(
-                &mut msg,
-                oid(shm)?,
-                0,
-                &[Arg::NewId(oid(pool)?), Arg::Fd, Arg::Int(4096)],
-            )?;
-            c.ch.send_raw(
-                &msg,
-                &[Identifier {
-                    id: 0x00de_ad00,
-                    id_type: CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB,
-                    size: 0,
-                }],
-            )
-        }
-        Scenario::BadPipe => {
-            // A sync carrying a read pipe whose id skips ahead of the host's counter.
-            let cb = c.peek_id();
-            let mut msg = Vec::new();
-            wire::encode_unchecked(&mut msg, ObjectId::DISPLAY, 0, &[Arg::NewId(oid(cb)?)])?;
-            c.ch.send_raw(
-                &msg,
-                &[Identifier {
-                    id: 0x8000_0005,
-                    id_type: CROSS_DOMAIN_ID_TYPE_READ_PIPE,
-                    size: 0,
-                }],
-            )
-        }
-        Scenario::BadSize => {
-            // wl_display.sync whose header claims 4 bytes, less than the header itself (a
-            // larger lie would only make the host wait for bytes that never come).
-            let cb = c.peek_id();
-            let mut msg = Vec::new();
-            wire::encode_unchecked(&mut msg, ObjectId::DISPLAY, 0, &[Arg::NewId(oid(cb)?)])?;
-            msg[4..8].copy_from_slice(&(4u32 << 16).to_ne_bytes());
-            c.ch.send_raw(&msg, &[])
-        }
-        _ => unreachable_scenario(scenario)?,
-    };
+    let outcome = send(&mut c)?;
     // Refused at once (the SUBMIT_3D failed), or later: an error event or the channel closed.
     let what = match outcome {
         Err(e) => format!("refused: {:#}", anyhow!(e)),
@@ -801,16 +816,20 @@ fn bad(path: &Path, scenario: Scenario) -> Result<()> {
         },
     };
     say(&format!("bad: {what}"))?;
+    let before = std::mem::take(&mut c.globals);
     drop(c);
     let mut fresh = Conn::open(path)?;
     fresh.registry()?;
+    let names = |g: &[(u32, String, u32)]| -> Vec<(String, u32)> {
+        g.iter().map(|(_, i, v)| (i.clone(), *v)).collect()
+    };
+    ensure!(
+        names(&fresh.globals) == names(&before),
+        "a fresh channel sees other globals: {:?}, before {:?}",
+        names(&fresh.globals),
+        names(&before)
+    );
     say(&format!("fresh: {} globals", fresh.globals.len()))
-}
-
-fn unreachable_scenario(
-    s: Scenario,
-) -> Result<std::result::Result<(), crossway_agent::channel::ChannelError>> {
-    bail!("{s:?} is not a bad-input scenario")
 }
 
 fn run(cli: &Cli) -> Result<()> {
@@ -820,21 +839,17 @@ fn run(cli: &Cli) -> Result<()> {
         VirtGpuAddress::Loopback(p) => p,
         VirtGpuAddress::RenderNode(p) => bail!("render node {} not supported yet", p.display()),
     };
-    match cli.scenario {
-        Scenario::BadResource | Scenario::BadPipe | Scenario::BadSize => {
-            return bad(&path, cli.scenario);
-        }
-        _ => {}
-    }
-    let mut c = Conn::open(&path)?;
-    match cli.scenario {
-        Scenario::Registry => registry(&mut c),
-        Scenario::ShmWindow => shm_window(&mut c, cli),
-        Scenario::HostBlobWindow => host_blob_window(&mut c, cli),
-        Scenario::ClipboardPaste => clipboard_paste(&mut c, cli),
-        Scenario::Keymap => keymap(&mut c),
-        other => unreachable_scenario(other).map(|_| ()),
-    }
+    let scenario: fn(&mut Conn, &Cli) -> Result<()> = match cli.scenario {
+        Scenario::BadResource => return bad(&path, bad_resource),
+        Scenario::BadPipe => return bad(&path, bad_pipe),
+        Scenario::BadSize => return bad(&path, bad_size),
+        Scenario::Registry => |c, _| registry(c),
+        Scenario::ShmWindow => shm_window,
+        Scenario::HostBlobWindow => host_blob_window,
+        Scenario::ClipboardPaste => clipboard_paste,
+        Scenario::Keymap => |c, _| keymap(c),
+    };
+    scenario(&mut Conn::open(&path)?, cli)
 }
 
 fn main() -> std::process::ExitCode {

@@ -8,103 +8,59 @@
 
 #![allow(clippy::unwrap_used, dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use crossway_proxy::headless::Image;
 use crossway_proxy::headless::control::request;
-use crossway_tests::{Process, Runtime, workspace_binary};
+use crossway_tests::{Process, ProxyProcess, Runtime, start_weston, workspace_binary};
 use serde_json::json;
 
-/// A host compositor process, killed on drop.
+/// A host compositor process, stopped on drop.
 pub struct Host {
-    child: Child,
     /// Its Wayland socket.
     pub display: PathBuf,
     /// The headless control socket (None for weston).
     pub control: Option<PathBuf>,
+    _process: HostProcess,
 }
 
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+enum HostProcess {
+    Headless(ProxyProcess),
+    Weston(Process),
 }
 
 /// `crossway-proxy headless` on `name` in `rt`, 640x480.
 pub fn headless(rt: &Runtime, name: &str) -> Result<Host> {
-    let socket = rt.path().join(name);
-    let mut child = Command::new(workspace_binary("crossway-proxy")?)
-        .env("XDG_RUNTIME_DIR", rt.path())
-        .args(["headless", "--socket"])
-        .arg(&socket)
-        .args(["--size", "640x480"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let display = lines
-        .next()
-        .context("headless printed nothing")??
-        .strip_prefix("WAYLAND_DISPLAY=")
-        .context("no WAYLAND_DISPLAY line")?
-        .into();
-    let control = lines
-        .next()
-        .context("headless printed no control line")??
-        .strip_prefix("CROSSWAY_HEADLESS_CONTROL=")
-        .context("no control line")?
-        .into();
+    let socket = rt.path().join(name).display().to_string();
+    let p = ProxyProcess::start(
+        rt,
+        name,
+        ["headless", "--socket", &socket, "--size", "640x480"],
+    )?;
     Ok(Host {
-        child,
-        display,
-        control: Some(control),
+        display: p.socket.clone(),
+        control: Some(
+            p.control
+                .clone()
+                .context("headless announced no control socket")?,
+        ),
+        _process: HostProcess::Headless(p),
     })
 }
 
-/// weston 10 headless with the pixman renderer, if installed (else a `SKIP:` line).
+/// weston 10 headless with the pixman renderer and `--debug` (for weston-screenshooter), if
+/// installed (else a `SKIP:` line).
 pub fn weston(rt: &Runtime, test: &str, name: &str) -> Result<Option<Host>> {
-    let Some(weston) = crossway_tests::require(test, "weston", "weston") else {
-        return Ok(None);
-    };
-    let child = Command::new(weston)
-        .env("XDG_RUNTIME_DIR", rt.path())
-        .env_remove("WAYLAND_DISPLAY")
-        .env_remove("DISPLAY")
-        .args([
-            "--backend=headless-backend.so",
-            "--use-pixman",
-            "--width=640",
-            "--height=480",
-            "--no-config",
-            "--idle-time=0",
-        ])
-        .arg(format!("--socket={name}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let display = rt.path().join(name);
-    let mut host = Host {
-        child,
-        display,
-        control: None,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !host.display.exists() {
-        if let Some(status) = host.child.try_wait()? {
-            bail!("weston exited before listening ({status})");
-        }
-        if Instant::now() > deadline {
-            bail!("weston never listened");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(Some(host))
+    Ok(
+        start_weston(rt, test, name)?.map(|(process, display)| Host {
+            display,
+            control: None,
+            _process: HostProcess::Weston(process),
+        }),
+    )
 }
 
 /// `crossway-proxy vm` running `crossway-xd-guest ARGS` against `host`, tagged `vm_name`.
@@ -161,17 +117,14 @@ pub fn release(path: &Path) {
 const W: u32 = 96;
 const H: u32 = 64;
 
-/// Runs `scenario` holding its window, checks title, app id and pixels on the headless host,
-/// releases it and returns the guest's lines.
-pub fn window_on_headless(scenario: &str, title: &str) -> Vec<String> {
-    let rt = Runtime::new().unwrap();
-    let host = headless(&rt, "host-0").unwrap();
-    let control = host.control.clone().unwrap();
-    let hold = release_path(&rt, scenario);
+/// `scenario` drawing a W x H window titled `title` (app id `xd-guest.window`, 3 frames) on
+/// `host` as VM `vm1`, holding it until [`release`] of the returned path.
+fn hold_window(rt: &Runtime, host: &Host, scenario: &str, title: &str) -> (Process, PathBuf) {
+    let hold = release_path(rt, scenario);
     let (w, h) = (W.to_string(), H.to_string());
     let guest = guest(
-        &rt,
-        &host,
+        rt,
+        host,
         Some("vm1"),
         &[
             scenario,
@@ -190,6 +143,38 @@ pub fn window_on_headless(scenario: &str, title: &str) -> Vec<String> {
         ],
     )
     .unwrap();
+    (guest, hold)
+}
+
+/// Releases a holding guest and returns its lines once it exited 0.
+fn release_window(guest: Process, hold: &Path) -> Vec<String> {
+    release(hold);
+    let (code, out, err) = guest.wait(Duration::from_secs(30)).unwrap();
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    out.lines().map(str::to_owned).collect()
+}
+
+/// Calls `look` every 50 ms until it is true or 20 s have passed; true if it ever was.
+fn eventually(mut look: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if look() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `scenario` holding its window, checks title, app id and pixels on the headless host,
+/// releases it and returns the guest's lines.
+pub fn window_on_headless(scenario: &str, title: &str) -> Vec<String> {
+    let rt = Runtime::new().unwrap();
+    let host = headless(&rt, "host-0").unwrap();
+    let control = host.control.clone().unwrap();
+    let (guest, hold) = hold_window(&rt, &host, scenario, title);
     let tagged = format!("[vm1] {title}");
     let found = request(
         &control,
@@ -209,9 +194,8 @@ pub fn window_on_headless(scenario: &str, title: &str) -> Vec<String> {
     assert_eq!(found["app_id"], json!("vm1.xd-guest.window"), "{found}");
     // The first frames may still be on their way: look until the pixels are all there.
     let png = rt.path().join("window.png");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut wrong;
-    loop {
+    let mut wrong = 0;
+    eventually(|| {
         request(
             &control,
             &json!({"toplevel_screenshot": {"title": tagged, "path": png}}),
@@ -223,14 +207,93 @@ pub fn window_on_headless(scenario: &str, title: &str) -> Vec<String> {
             .flat_map(|y| (0..W).map(move |x| (x, y)))
             .filter(|&(x, y)| shot.pixel(x, y) != Some(expected_pixel(x, y, W, H)))
             .count();
-        if wrong == 0 || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        wrong == 0
+    });
     assert_eq!(wrong, 0, "pixels differ from the guest's pattern");
-    release(&hold);
-    let (code, out, err) = guest.wait(Duration::from_secs(30)).unwrap();
-    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
-    out.lines().map(str::to_owned).collect()
+    release_window(guest, &hold)
+}
+
+/// Runs `scenario` holding its window on weston and finds the guest's exact pattern in
+/// weston's own screenshot (weston-screenshooter), then releases it and returns the guest's
+/// lines; `None` after a `SKIP:` line when weston is missing.
+pub fn window_on_weston(test: &str, scenario: &str) -> Option<Vec<String>> {
+    let screenshooter = crossway_tests::require(test, "weston-screenshooter", "weston")?;
+    let rt = Runtime::new().unwrap();
+    let host = weston(&rt, test, "weston-0").unwrap()?;
+    let (guest, hold) = hold_window(&rt, &host, scenario, "xd-weston");
+    let mut shots = 0;
+    let mut at = None;
+    eventually(|| {
+        shots += 1;
+        let dir = rt.path().join(format!("shot-{shots}"));
+        at = find_pattern(&weston_screenshot(&rt, &screenshooter, &host, &dir));
+        at.is_some()
+    });
+    if at.is_none() {
+        release(&hold);
+        let (out, err) = guest.finish();
+        panic!("the guest's pattern never appeared on weston\nstdout:\n{out}\nstderr:\n{err}");
+    }
+    Some(release_window(guest, &hold))
+}
+
+/// weston's output as weston-screenshooter saves it (8-bit RGB) into `dir`: width and RGB rows.
+fn weston_screenshot(rt: &Runtime, screenshooter: &Path, host: &Host, dir: &Path) -> RgbImage {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cmd = rt.client(screenshooter, &host.display);
+    cmd.current_dir(dir);
+    let (code, _, err) = Process::spawn("weston-screenshooter", &mut cmd)
+        .unwrap()
+        .wait(Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let png = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "png"))
+        .unwrap();
+    let mut reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()))
+        .read_info()
+        .unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(
+        (frame.color_type, frame.bit_depth),
+        (png::ColorType::Rgb, png::BitDepth::Eight),
+        "weston-screenshooter's format changed"
+    );
+    buf.truncate(frame.buffer_size());
+    RgbImage {
+        width: frame.width,
+        pixels: buf,
+    }
+}
+
+struct RgbImage {
+    width: u32,
+    pixels: Vec<u8>,
+}
+
+impl RgbImage {
+    fn rgb(&self, x: u32, y: u32) -> Option<[u8; 3]> {
+        if x >= self.width {
+            return None;
+        }
+        let at = (y as usize * self.width as usize + x as usize) * 3;
+        self.pixels.get(at..at + 3)?.try_into().ok()
+    }
+}
+
+/// Where in `shot` the whole W x H pattern lies, pixel for pixel (its red top-left corner).
+fn find_pattern(shot: &RgbImage) -> Option<(u32, u32)> {
+    let height = (shot.pixels.len() / 3 / shot.width as usize) as u32;
+    let rgb = |x, y| {
+        let p = expected_pixel(x, y, W, H);
+        Some([p[0], p[1], p[2]])
+    };
+    (0..height)
+        .flat_map(|y| (0..shot.width).map(move |x| (x, y)))
+        .filter(|&(x, y)| shot.rgb(x, y) == rgb(0, 0))
+        .find(|&(ox, oy)| (0..H).all(|y| (0..W).all(|x| shot.rgb(ox + x, oy + y) == rgb(x, y))))
 }
