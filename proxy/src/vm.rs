@@ -88,22 +88,30 @@ struct Reaped(Option<Child>);
 
 impl Drop for Reaped {
     fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_child(&c),
-                rustix::process::Signal::TERM,
-            );
-            let deadline = Instant::now() + GRACE;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Some(mut c) = self.0.take()
+            && let Err(e) = terminate(&mut c)
+        {
+            tracing::warn!(error = %e, "stopping crossway-proxy serve");
         }
     }
+}
+
+/// SIGTERM, then SIGKILL if `child` is still running after [`GRACE`]; returns how it ended.
+fn terminate(child: &mut Child) -> std::io::Result<ExitStatus> {
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_child(child),
+        rustix::process::Signal::TERM,
+    );
+    let deadline = Instant::now() + GRACE;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::warn!(pid = child.id(), "child ignored SIGTERM: killing it");
+    let _ = child.kill();
+    child.wait()
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -187,10 +195,10 @@ pub fn run(args: VmArgs) -> Result<u8> {
         .split_first()
         .context("no guest program given")?;
     let dir = PrivateDir::new()?;
-    // Declared before `vm` and `server` so it is dropped after them: serve outlives its VMM.
     if args.serve_socket.is_some() && !relay_serve_args(&args.relay).is_empty() {
         tracing::warn!("relay options are ignored with --serve-socket: that serve has its own");
     }
+    // Declared before `vm` and `server` so it is dropped after them: serve outlives its VMM.
     let (_serve, backend) = match &args.serve_socket {
         Some(p) => (Reaped(None), p.clone()),
         None => start_serve(&dir.0, &args.relay, &stop)?,
@@ -242,20 +250,7 @@ fn supervise(mut child: Child, stop: &AtomicBool) -> Result<ExitStatus> {
         }
         if stop.load(Ordering::Relaxed) {
             tracing::info!("signal received: stopping the guest program");
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_child(&child),
-                rustix::process::Signal::TERM,
-            );
-            let deadline = Instant::now() + GRACE;
-            while Instant::now() < deadline {
-                if let Some(status) = child.try_wait()? {
-                    return Ok(status);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            tracing::warn!("guest program ignored SIGTERM: killing it");
-            let _ = child.kill();
-            return Ok(child.wait()?);
+            return Ok(terminate(&mut child)?);
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossway_protocols::cross_domain::{self, RingMessage};
+use crossway_protocols::cross_domain::{self, CrossDomainImageRequirements, RingMessage};
 use crossway_protocols::tables::ProtocolTable;
 use crossway_protocols::virtgpu::*;
 use crossway_protocols::wire::{self, Arg, ObjectId};
@@ -22,6 +22,7 @@ use crossway_virtio::backend::{Endpoint, ServeConfig, serve};
 use crossway_virtio::blob::ExportMode;
 use crossway_virtio::device::DeviceConfig;
 use crossway_virtio::loopback::{LoopbackConfig, LoopbackFile, LoopbackVm};
+use zerocopy::{FromZeros as _, IntoBytes as _};
 
 struct Setup {
     vm: LoopbackVm,
@@ -113,7 +114,8 @@ fn submit(
     })
 }
 
-fn guest(vm: &LoopbackVm, channel_type: u32) -> Guest {
+/// A cross-domain context with its two rings, and how its `CMD_INIT` went.
+fn try_guest(vm: &LoopbackVm, channel_type: u32) -> (Guest, Result<(), VirtGpuError>) {
     let mut f = vm.open().unwrap();
     f.context_init(&CROSS_DOMAIN_CONTEXT_PARAMS).unwrap();
     let query = ring(&mut f);
@@ -125,14 +127,19 @@ fn guest(vm: &LoopbackVm, channel_type: u32) -> Guest {
         channel.0.res_handle,
         channel_type,
     );
-    submit(
+    let r = submit(
         &mut f,
         &init,
         None,
         &[query.0.bo_handle, channel.0.bo_handle],
-    )
-    .unwrap();
-    Guest { f, query, channel }
+    );
+    (Guest { f, query, channel }, r)
+}
+
+fn guest(vm: &LoopbackVm, channel_type: u32) -> Guest {
+    let (g, r) = try_guest(vm, channel_type);
+    r.unwrap();
+    g
 }
 
 fn wait_event(f: &LoopbackFile, timeout: Duration) -> bool {
@@ -236,13 +243,16 @@ fn cross_domain_registry_and_sync_reach_guest_as_receive() {
         }
         let msgs = messages(&stream);
         if msgs.iter().any(|(o, op, _)| *o == 3 && *op == 0) {
+            let global = ProtocolTable::builtin().get("wl_registry").unwrap().events[0].signature;
             let globals: Vec<String> = msgs
                 .iter()
                 .filter(|(o, op, _)| *o == 2 && *op == 0)
-                .map(|(_, _, body)| {
-                    let len = u32::from_ne_bytes(body[4..8].try_into().unwrap()) as usize;
-                    String::from_utf8_lossy(&body[8..8 + len - 1]).into_owned()
-                })
+                .map(
+                    |(_, _, body)| match wire::decode_args(body, global, 0).unwrap().as_slice() {
+                        [_, Arg::Str(Some(name)), _] => name.to_string_lossy().into_owned(),
+                        other => panic!("wl_registry.global {other:?}"),
+                    },
+                )
                 .collect();
             assert!(globals.iter().any(|g| g == "wl_compositor"), "{globals:?}");
             assert!(globals.iter().any(|g| g == "xdg_wm_base"), "{globals:?}");
@@ -272,14 +282,13 @@ fn cross_domain_image_requirements_answer_in_query_ring_and_back_a_host_blob() {
     );
     submit(&mut g.f, &cmd, Some(0), &[g.query.0.bo_handle]).unwrap();
     g.f.wait(g.query.0.bo_handle, 0).unwrap();
-    let mut reply = [0u8; 64];
-    g.query.1.read_at(0, &mut reply).unwrap();
-    let w = |i: usize| u32::from_le_bytes(reply[i..i + 4].try_into().unwrap());
-    assert_eq!(w(0), 2560, "stride");
-    let size = u64::from_le_bytes(reply[40..48].try_into().unwrap());
+    let mut reply = CrossDomainImageRequirements::new_zeroed();
+    g.query.1.read_at(0, reply.as_mut_bytes()).unwrap();
+    assert_eq!(reply.strides[0].get(), 2560, "stride");
+    let size = reply.size.get();
     assert_eq!(size, 2560 * 480);
-    let blob_id = w(48);
-    assert_eq!(i32::from_le_bytes(reply[56..60].try_into().unwrap()), -1);
+    let blob_id = reply.blob_id.get();
+    assert_eq!(reply.memory_idx.get(), -1);
     let h =
         g.f.resource_create_blob(&drm_virtgpu_resource_create_blob {
             blob_mem: VIRTGPU_BLOB_MEM_HOST3D,
@@ -313,16 +322,8 @@ fn cross_domain_wayland_init_without_compositor_fails_cleanly() {
             "no display",
         )
     });
-    let mut f = s.vm.open().unwrap();
-    f.context_init(&CROSS_DOMAIN_CONTEXT_PARAMS).unwrap();
-    let q = ring(&mut f);
-    let c = ring(&mut f);
-    let mut init = Vec::new();
-    cross_domain::encode::init(&mut init, q.0.res_handle, c.0.res_handle, 1);
-    assert_eq!(
-        submit(&mut f, &init, None, &[q.0.bo_handle, c.0.bo_handle]),
-        Err(VirtGpuError::Device(0x1200))
-    );
+    let (_refused, init) = try_guest(&s.vm, 1);
+    assert_eq!(init, Err(VirtGpuError::Device(0x1200)));
     // A query-only INIT on another context still works.
     let g = guest(&s.vm, 0);
     drop(g);

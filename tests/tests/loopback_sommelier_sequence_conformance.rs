@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crossway_protocols::virtgpu::*;
+use crossway_protocols::wire;
 use crossway_tests::{Process, Runtime, workspace_binary};
 use crossway_virtio::loopback::{LoopbackConfig, LoopbackVm};
 
@@ -141,17 +142,11 @@ fn loopback_sommelier_sequence_against_serve_matches_expected_answers() -> anyho
 /// Whether the Wayland stream holds a message from `object` with `opcode`.
 fn has_message(stream: &[u8], object: u32, opcode: u16) -> bool {
     let mut rest = stream;
-    while rest.len() >= 8 {
-        let id = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        let word = u32::from_ne_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        let size = (word >> 16) as usize;
-        if size < 8 || size > rest.len() {
-            return false;
-        }
-        if id == object && (word & 0xffff) as u16 == opcode {
+    while let Ok(Some(m)) = wire::next_message(rest) {
+        if m.header.object.get() == object && m.header.opcode == opcode {
             return true;
         }
-        rest = &rest[size..];
+        rest = &rest[usize::from(m.header.size)..];
     }
     false
 }

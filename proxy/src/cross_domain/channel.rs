@@ -111,50 +111,40 @@ impl HostQueue {
             }
             let base = self.base;
             let chunk = self.bytes.make_contiguous();
-            let mut end = chunk.len();
             // Every fd whose message starts before `end` goes with this write or earlier; at
-            // most MAX_FDS_PER_MSG per write, so cut the bytes where the next fd is due.
-            let due = self
-                .fds
-                .iter()
-                .take_while(|(o, _)| *o < base + end as u64)
-                .count();
-            if due > sys::MAX_FDS_PER_MSG {
-                let cut = self.fds[sys::MAX_FDS_PER_MSG].0;
-                end = usize::try_from(cut.saturating_sub(base))
+            // most MAX_FDS_PER_MSG per write, so when more are due, cut the bytes where the
+            // next fd is due (after one byte at least: fds sent without data are lost).
+            let mut end = chunk.len();
+            if let Some(&(next, _)) = self.fds.get(sys::MAX_FDS_PER_MSG)
+                && next < base + end as u64
+            {
+                end = usize::try_from(next.saturating_sub(base))
                     .unwrap_or(end)
                     .max(1);
             }
-            let nfds = self
+            let borrowed: Vec<BorrowedFd<'_>> = self
                 .fds
                 .iter()
                 .take(sys::MAX_FDS_PER_MSG)
                 .take_while(|(o, _)| *o < base + end as u64)
-                .count();
-            let borrowed: Vec<BorrowedFd<'_>> = self
-                .fds
-                .iter()
-                .take(nfds)
                 .map(|(_, fd)| fd.as_fd())
                 .collect();
-            match sys::send_with_fds(sock.as_fd(), &chunk[..end], &borrowed)? {
-                None => return Ok(false),
-                Some(0) => continue,
-                Some(n) => {
-                    drop(borrowed);
-                    self.bytes.drain(..n);
-                    self.base += n as u64;
-                    // The fds went with the first byte.
-                    self.fds.drain(..nfds);
-                }
-            }
+            let nfds = borrowed.len();
+            let Some(n) = sys::send_with_fds(sock.as_fd(), &chunk[..end], &borrowed)? else {
+                return Ok(false);
+            };
+            drop(borrowed);
+            self.bytes.drain(..n);
+            self.base += n as u64;
+            // The fds went with the first byte.
+            self.fds.drain(..nfds);
         }
     }
 }
 
 /// What a channel's stream passes through on its way between guest and host: the Wayland
-/// [`Relay`] in the product; the transport's unit tests use a pass-through so they can check
-/// ring splitting, fds and pipes with raw bytes.
+/// [`Relay`] in the product; the transport's unit tests put a pass-through in its place after
+/// `INIT`, so they can check ring splitting, fds and pipes with raw bytes.
 pub(crate) trait StreamRelay: Send + std::fmt::Debug {
     /// See [`Relay::from_guest`].
     fn guest_to_host(
@@ -546,5 +536,71 @@ mod tests {
     #[test]
     fn split_receive_empty_is_nothing() {
         assert!(split_receive(0, &[]).is_empty());
+    }
+
+    #[test]
+    fn host_queue_flush_sends_each_fd_no_later_than_its_message() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        // 30 fds two bytes apart: the first 28 fit one sendmsg, which must end before the
+        // 29th's message.
+        let offsets: Vec<usize> = (0..30).map(|i| i * 2).collect();
+        let fds = offsets
+            .iter()
+            .map(|&o| (o, sys::eventfd().unwrap()))
+            .collect();
+        let mut q = HostQueue::default();
+        q.push(&[9u8; 64], fds);
+        assert!(q.flush(&ours).unwrap());
+        assert!(q.is_empty());
+        let (mut bytes, mut fds) = (0, 0);
+        let mut buf = [0u8; 64];
+        while bytes < 64 {
+            let sys::Received::Data(n, got) = sys::recv_with_fds(theirs.as_fd(), &mut buf).unwrap()
+            else {
+                panic!("stream ended early");
+            };
+            assert!(got.len() <= sys::MAX_FDS_PER_MSG);
+            (bytes, fds) = (bytes + n, fds + got.len());
+            let due = offsets.iter().filter(|&&o| o < bytes).count();
+            assert!(fds >= due, "{due} fds due by byte {bytes}, {fds} arrived");
+        }
+        assert_eq!((bytes, fds), (64, 30));
+    }
+
+    /// The rules on many generated streams: the pieces cover bytes and fds in order, each
+    /// within a RECEIVE's limits, and no fd travels after the first byte of its message.
+    #[test]
+    fn split_receive_generated_streams_keep_limits_and_fd_order() {
+        let mut seed = 0x2545_f491_u64;
+        let mut next = |m: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % m
+        };
+        for _ in 0..2000 {
+            let len = next(12_000);
+            let mut offsets: Vec<usize> = (0..next(80)).map(|_| next(len + 1)).collect();
+            offsets.sort_unstable();
+            let pieces = split_receive(len, &offsets);
+            let (mut pos, mut f) = (0, 0);
+            for (bytes, ids) in &pieces {
+                assert_eq!((bytes.start, ids.start), (pos, f), "{len} {offsets:?}");
+                assert!(bytes.len() <= CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA);
+                assert!(ids.len() <= CROSS_DOMAIN_MAX_IDENTIFIERS);
+                assert!(
+                    !bytes.is_empty() || !ids.is_empty(),
+                    "an empty RECEIVE means EOF"
+                );
+                for &o in &offsets[ids.clone()] {
+                    assert!(
+                        o >= bytes.start,
+                        "fd of offset {o} after its byte: {pieces:?}"
+                    );
+                }
+                (pos, f) = (bytes.end, ids.end);
+            }
+            assert_eq!((pos, f), (len, offsets.len()));
+        }
     }
 }

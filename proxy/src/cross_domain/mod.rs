@@ -96,9 +96,6 @@ struct Env {
     stats: Arc<VmStats>,
     limits: CrossDomainLimits,
     allocator: Arc<dyn ImageAllocator>,
-    /// Transport unit tests only: relay bytes unchanged instead of through the Wayland relay.
-    #[cfg(test)]
-    pass_through: bool,
 }
 
 /// Creates [`CrossDomainContext`]s for capset 5 and [`NullContext`]s for anything else.
@@ -136,13 +133,6 @@ impl CrossDomainFactory {
         CrossDomainFactory::build(config, Err(reason.into()), stats)
     }
 
-    /// Transport unit tests: channels pass bytes and fds through unchanged.
-    #[cfg(test)]
-    fn with_pass_through(mut self) -> CrossDomainFactory {
-        self.env.pass_through = true;
-        self
-    }
-
     fn build(
         config: Arc<RelayConfig>,
         connector: Result<HostConnector, String>,
@@ -155,8 +145,6 @@ impl CrossDomainFactory {
                 stats,
                 limits: CrossDomainLimits::default(),
                 allocator: Arc::new(MemfdAllocator),
-                #[cfg(test)]
-                pass_through: false,
             },
         }
     }
@@ -288,16 +276,10 @@ impl CrossDomainContext {
                         tracing::error!(ctx = self.ctx.0, error = %e, "Wayland channel refused: cannot connect to the host compositor");
                         ContextError::Other(format!("connecting to the host compositor: {e}"))
                     })?;
-                let relay: Box<dyn channel::StreamRelay> = Box::new(Relay::new(
+                let relay = Box::new(Relay::new(
                     self.env.config.clone(),
                     self.env.stats.client(format!("ctx {}", self.ctx.0)),
                 ));
-                #[cfg(test)]
-                let relay: Box<dyn channel::StreamRelay> = if self.env.pass_through {
-                    Box::new(tests::PassThrough)
-                } else {
-                    relay
-                };
                 {
                     let mut st = lock(&self.state);
                     st.ring = Some(writer);

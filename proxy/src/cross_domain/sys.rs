@@ -15,31 +15,34 @@ use rustix::net::{
 /// message was truncated).
 pub const MAX_FDS_PER_MSG: usize = 28;
 
-/// `sendmsg` without blocking: `bytes` with `fds` attached. Returns bytes sent (0 with
-/// `WouldBlock` mapped to `Ok(None)`).
+/// `sendmsg` without blocking: `bytes` (not empty) with `fds` attached. Returns the bytes sent,
+/// or `None` if the socket is full.
 pub fn send_with_fds(
     sock: BorrowedFd<'_>,
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<Option<usize>> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MSG))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "too many fds for one sendmsg",
-        ));
-    }
-    match rustix::net::sendmsg(
-        sock,
-        &[IoSlice::new(bytes)],
-        &mut control,
-        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-    ) {
-        Ok(n) => Ok(Some(n)),
-        Err(rustix::io::Errno::AGAIN) => Ok(None),
-        Err(rustix::io::Errno::INTR) => Ok(Some(0)),
-        Err(e) => Err(e.into()),
+    loop {
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many fds for one sendmsg",
+            ));
+        }
+        return match rustix::net::sendmsg(
+            sock,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+        ) {
+            Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => Ok(Some(n)),
+            Err(rustix::io::Errno::AGAIN) => Ok(None),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => Err(e.into()),
+        };
     }
 }
 

@@ -14,6 +14,7 @@ use std::io::Write as _;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use crossway_protocols::capset::{CrosswayCaps, DEFAULT_CROSSWAY_CAPSET_ID};
+use crossway_protocols::cross_domain;
 use crossway_protocols::virtgpu::*;
 use crossway_virtio::loopback::LoopbackClient;
 
@@ -113,10 +114,13 @@ fn probe() -> Result<()> {
     say(&format!("prime ok res {}", big.res_handle))?;
 
     // Cross-domain CMD_INIT {query ring, channel ring, Wayland}.
-    let mut init = vec![1u8, 0, 20, 0, 0, 0, 0, 0];
-    for w in [rings[0].0.res_handle, rings[1].0.res_handle, 1] {
-        init.extend_from_slice(&w.to_le_bytes());
-    }
+    let mut init = Vec::new();
+    cross_domain::encode::init(
+        &mut init,
+        rings[0].0.res_handle,
+        rings[1].0.res_handle,
+        cross_domain::CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND,
+    );
     match dev.execbuffer(&drm_virtgpu_execbuffer {
         flags: 0,
         command: &init,
