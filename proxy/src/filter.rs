@@ -12,9 +12,7 @@
 //! queue: while the bytes waiting for one side exceed the limit, the relay stops reading the
 //! other side, so a client (or compositor) that stops reading cannot grow memory.
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -24,20 +22,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use rustix::event::{PollFd, PollFlags};
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
 use tracing::{debug, info, info_span, warn};
 
+use crate::fdstream::{FdQueue, Received, recv_with_fds};
 use crate::host::HostConnector;
 use crate::relay::{
     BufferPath, GuestFd, GuestFdKind, NoSync, Outgoing, Relay, RelayConfig, RelayError, VmStats,
 };
 use crate::setup::{RelayArgs, RelaySetup};
-
-/// Most fds libwayland sends or accepts with one `sendmsg` (its `MAX_FDS_OUT`).
-pub const MAX_FDS_PER_MESSAGE: usize = 28;
 
 /// Bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
@@ -225,15 +217,10 @@ enum End {
     HostError(String),
 }
 
-/// One socket with its outgoing queue: bytes from `head`, fds tagged with their message's
-/// absolute stream offset.
+/// One socket with its outgoing queue.
 struct Side {
     sock: UnixStream,
-    out: Vec<u8>,
-    head: usize,
-    /// Stream offset of `out[head]`.
-    sent: u64,
-    fds: VecDeque<(u64, OwnedFd)>,
+    queue: FdQueue,
     open: bool,
 }
 
@@ -242,115 +229,32 @@ impl Side {
         sock.set_nonblocking(true)?;
         Ok(Side {
             sock,
-            out: Vec::new(),
-            head: 0,
-            sent: 0,
-            fds: VecDeque::new(),
+            queue: FdQueue::default(),
             open: true,
         })
     }
 
     fn queued(&self) -> usize {
-        self.out.len() - self.head
+        self.queue.len()
     }
 
     fn enqueue(&mut self, bytes: &mut Vec<u8>, fds: &mut Vec<(usize, OwnedFd)>) {
-        let base = self.sent + self.queued() as u64;
-        // The engine appends fds in stream order; keep the queue sorted even if it did not.
-        fds.sort_by_key(|(at, _)| *at);
-        self.fds
-            .extend(fds.drain(..).map(|(at, fd)| (base + at as u64, fd)));
-        if self.head > 0 && self.head >= self.out.len() / 2 {
-            self.out.drain(..self.head);
-            self.head = 0;
-        }
-        self.out.append(bytes);
+        self.queue.push(bytes, std::mem::take(fds));
+        bytes.clear();
     }
 
-    /// Sends what it can without blocking. Each fd goes with the `sendmsg` holding the first
-    /// byte of its message (or an earlier one), at most [`MAX_FDS_PER_MESSAGE`] per call, so
-    /// the peer always has an fd before the message that needs it.
+    /// Sends what it can without blocking; each fd goes no later than its message.
     fn flush(&mut self) -> io::Result<()> {
-        while self.queued() > 0 {
-            let avail = self.queued();
-            let end = self.sent + avail as u64;
-            let due = self.fds.iter().take_while(|(at, _)| *at < end).count();
-            let (n_fds, len) = if due > MAX_FDS_PER_MESSAGE {
-                let next = self.fds[MAX_FDS_PER_MESSAGE].0;
-                let len = next.saturating_sub(self.sent).clamp(1, avail as u64) as usize;
-                (MAX_FDS_PER_MESSAGE, len)
-            } else {
-                (due, avail)
-            };
-            let borrowed: Vec<BorrowedFd<'_>> = self
-                .fds
-                .iter()
-                .take(n_fds)
-                .map(|(_, fd)| fd.as_fd())
-                .collect();
-            let mut space =
-                [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
-            let mut cmsg = SendAncillaryBuffer::new(&mut space);
-            if !borrowed.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(&borrowed)) {
-                return Err(io::Error::other("control buffer too small"));
-            }
-            let bytes = &self.out[self.head..self.head + len];
-            match rustix::net::sendmsg(
-                &self.sock,
-                &[IoSlice::new(bytes)],
-                &mut cmsg,
-                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-            ) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    drop(borrowed);
-                    self.fds.drain(..n_fds);
-                    self.head += n;
-                    self.sent += n as u64;
-                }
-                Err(rustix::io::Errno::AGAIN) => return Ok(()),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if self.head == self.out.len() {
-            self.out.clear();
-            self.head = 0;
-        }
-        Ok(())
+        self.queue.flush(&self.sock).map(|_| ())
     }
 
     /// Reads what is there: `Ok(None)` if nothing yet, `Ok(Some((0, _)))` at end of stream.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
-        let mut space =
-            [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
-        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
-        let got = loop {
-            match rustix::net::recvmsg(
-                &self.sock,
-                &mut [IoSliceMut::new(buf)],
-                &mut cmsg,
-                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-            ) {
-                Ok(got) => break got,
-                Err(rustix::io::Errno::AGAIN) => return Ok(None),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let mut fds = Vec::new();
-        for msg in cmsg.drain() {
-            if let RecvAncillaryMessage::ScmRights(received) = msg {
-                fds.extend(received);
-            }
-        }
-        if got.flags.contains(ReturnFlags::CTRUNC) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("more than {MAX_FDS_PER_MESSAGE} fds in one message"),
-            ));
-        }
-        Ok(Some((got.bytes, fds)))
+        Ok(match recv_with_fds(self.sock.as_fd(), buf)? {
+            Received::Data(n, fds) => Some((n, fds)),
+            Received::WouldBlock => None,
+            Received::Eof => Some((0, Vec::new())),
+        })
     }
 
     /// Sends what is queued, waiting up to `limit` (the peer is going away).
@@ -560,7 +464,7 @@ mod tests {
         side.enqueue(&mut bytes, &mut fds);
         side.flush().unwrap();
         assert_eq!(side.queued(), 0);
-        assert!(side.fds.is_empty());
+        assert!(side.queue.is_empty());
         let mut peer = Side::new(b).unwrap();
         let mut buf = [0u8; 200];
         let mut total = 0;

@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod cross_domain;
+pub mod fdstream;
 pub mod filter;
 pub mod headless;
 pub mod host;

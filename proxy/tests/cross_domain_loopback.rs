@@ -18,10 +18,9 @@ use crossway_proxy::cross_domain::CrossDomainFactory;
 use crossway_proxy::headless::{Headless, HeadlessConfig, SocketSpec};
 use crossway_proxy::host::HostConnector;
 use crossway_proxy::relay::{RelayConfig, VmStats};
-use crossway_virtio::backend::{Endpoint, ServeConfig, serve};
 use crossway_virtio::blob::ExportMode;
 use crossway_virtio::device::DeviceConfig;
-use crossway_virtio::loopback::{LoopbackConfig, LoopbackFile, LoopbackVm};
+use crossway_virtio::loopback::{LoopbackFile, LoopbackVm};
 use zerocopy::{FromZeros as _, IntoBytes as _};
 
 struct Setup {
@@ -43,25 +42,16 @@ fn setup(name: &str, factory: impl FnOnce(&std::path::Path) -> CrossDomainFactor
     let headless =
         Headless::start(HeadlessConfig::new(SocketSpec::Path(dir.join("wayland-0")))).unwrap();
     let factory = factory(headless.socket_path());
-    let path = dir.join("gpu.sock");
-    let p2 = path.clone();
-    std::thread::spawn(move || {
-        let _ = serve(ServeConfig {
-            endpoint: Endpoint::SocketPath(p2),
-            device: DeviceConfig {
-                export_mode: ExportMode::CopyOnly,
-                host_visible_size: 64 << 20,
-                ..DeviceConfig::default()
-            },
-            factory: Box::new(factory),
-        });
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "backend never listened");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let vm = LoopbackVm::connect(&path, LoopbackConfig::default()).unwrap();
+    let vm = LoopbackVm::with_backend_thread(
+        &dir.join("gpu.sock"),
+        DeviceConfig {
+            export_mode: ExportMode::CopyOnly,
+            host_visible_size: 64 << 20,
+            ..DeviceConfig::default()
+        },
+        Box::new(factory),
+    )
+    .unwrap();
     Setup {
         vm,
         _headless: headless,

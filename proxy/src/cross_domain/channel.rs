@@ -6,10 +6,10 @@
 //! no later than their message" hold without lock ordering.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io;
+
 use std::net::Shutdown;
 use std::ops::Range;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
@@ -24,6 +24,7 @@ use crossway_virtio::fence::FenceSignaler;
 use super::CrossDomainLimits;
 use super::image::{ImageLayout, ImageRequest};
 use super::sys;
+use crate::fdstream::FdQueue;
 use crate::relay::{GuestFd, Outgoing, Relay, RelayError, SyncBuffers};
 
 /// What an item id stands for.
@@ -66,79 +67,6 @@ impl WritePipe {
             }
         }
         true
-    }
-}
-
-/// Bytes and fds for the host compositor that its socket did not take yet.
-#[derive(Debug, Default)]
-pub(crate) struct HostQueue {
-    bytes: VecDeque<u8>,
-    /// Fds with the absolute stream offset of their message.
-    fds: VecDeque<(u64, OwnedFd)>,
-    /// Absolute offset of `bytes[0]`.
-    base: u64,
-}
-
-impl HostQueue {
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty() && self.fds.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    /// Appends what one relay call produced.
-    pub fn push(&mut self, bytes: &[u8], fds: Vec<(usize, OwnedFd)>) {
-        let at = self.base + self.bytes.len() as u64;
-        let mut fds = fds;
-        fds.sort_by_key(|(o, _)| *o);
-        self.fds
-            .extend(fds.into_iter().map(|(o, fd)| (at + o as u64, fd)));
-        self.bytes.extend(bytes);
-    }
-
-    /// Sends what the socket takes. `Ok(true)` when everything went.
-    pub fn flush(&mut self, sock: &UnixStream) -> io::Result<bool> {
-        loop {
-            if self.bytes.is_empty() {
-                if !self.fds.is_empty() {
-                    // Fds past the last byte belong to no message: nothing can use them.
-                    tracing::warn!(fds = self.fds.len(), "fds without a message dropped");
-                    self.fds.clear();
-                }
-                return Ok(true);
-            }
-            let base = self.base;
-            let chunk = self.bytes.make_contiguous();
-            // Every fd whose message starts before `end` goes with this write or earlier; at
-            // most MAX_FDS_PER_MSG per write, so when more are due, cut the bytes where the
-            // next fd is due (after one byte at least: fds sent without data are lost).
-            let mut end = chunk.len();
-            if let Some(&(next, _)) = self.fds.get(sys::MAX_FDS_PER_MSG)
-                && next < base + end as u64
-            {
-                end = usize::try_from(next.saturating_sub(base))
-                    .unwrap_or(end)
-                    .max(1);
-            }
-            let borrowed: Vec<BorrowedFd<'_>> = self
-                .fds
-                .iter()
-                .take(sys::MAX_FDS_PER_MSG)
-                .take_while(|(o, _)| *o < base + end as u64)
-                .map(|(_, fd)| fd.as_fd())
-                .collect();
-            let nfds = borrowed.len();
-            let Some(n) = sys::send_with_fds(sock.as_fd(), &chunk[..end], &borrowed)? else {
-                return Ok(false);
-            };
-            drop(borrowed);
-            self.bytes.drain(..n);
-            self.base += n as u64;
-            // The fds went with the first byte.
-            self.fds.drain(..nfds);
-        }
     }
 }
 
@@ -191,7 +119,7 @@ pub(crate) struct Channel {
     pub relay: Box<dyn StreamRelay>,
     /// `None` once the channel ended.
     pub host: Option<Arc<UnixStream>>,
-    pub host_out: HostQueue,
+    pub host_out: FdQueue,
 }
 
 /// Everything behind the context's mutex.
@@ -374,7 +302,7 @@ impl State {
             return;
         };
         let _ = host.shutdown(Shutdown::Both);
-        ch.host_out = HostQueue::default();
+        ch.host_out = FdQueue::default();
         if failed {
             tracing::warn!(ctx = self.ctx, reason = why, "cross-domain channel ended");
         } else {
@@ -536,35 +464,6 @@ mod tests {
     #[test]
     fn split_receive_empty_is_nothing() {
         assert!(split_receive(0, &[]).is_empty());
-    }
-
-    #[test]
-    fn host_queue_flush_sends_each_fd_no_later_than_its_message() {
-        let (ours, theirs) = UnixStream::pair().unwrap();
-        // 30 fds two bytes apart: the first 28 fit one sendmsg, which must end before the
-        // 29th's message.
-        let offsets: Vec<usize> = (0..30).map(|i| i * 2).collect();
-        let fds = offsets
-            .iter()
-            .map(|&o| (o, sys::eventfd().unwrap()))
-            .collect();
-        let mut q = HostQueue::default();
-        q.push(&[9u8; 64], fds);
-        assert!(q.flush(&ours).unwrap());
-        assert!(q.is_empty());
-        let (mut bytes, mut fds) = (0, 0);
-        let mut buf = [0u8; 64];
-        while bytes < 64 {
-            let sys::Received::Data(n, got) = sys::recv_with_fds(theirs.as_fd(), &mut buf).unwrap()
-            else {
-                panic!("stream ended early");
-            };
-            assert!(got.len() <= sys::MAX_FDS_PER_MSG);
-            (bytes, fds) = (bytes + n, fds + got.len());
-            let due = offsets.iter().filter(|&&o| o < bytes).count();
-            assert!(fds >= due, "{due} fds due by byte {bytes}, {fds} arrived");
-        }
-        assert_eq!((bytes, fds), (64, 30));
     }
 
     /// The rules on many generated streams: the pieces cover bytes and fds in order, each

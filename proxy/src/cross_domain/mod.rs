@@ -36,8 +36,9 @@ use crossway_virtio::context::{
 use crossway_virtio::fence::FenceSignaler;
 use zerocopy::IntoBytes;
 
+use crate::fdstream::FdQueue;
 pub use channel::split_receive;
-use channel::{Channel, HostQueue, Item, State};
+use channel::{Channel, Item, State};
 pub use image::{ImageAllocator, ImageError, ImageLayout, ImageRequest, MemfdAllocator};
 use worker::lock;
 
@@ -286,7 +287,7 @@ impl CrossDomainContext {
                     st.channel = Some(Channel {
                         relay,
                         host: Some(Arc::new(stream)),
-                        host_out: HostQueue::default(),
+                        host_out: FdQueue::default(),
                     });
                 }
                 let state = self.state.clone();

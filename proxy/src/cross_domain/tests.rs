@@ -316,13 +316,13 @@ fn recv_host(s: &UnixStream, want: usize) -> (Vec<u8>, Vec<OwnedFd>) {
     while bytes.len() < want {
         let mut pfd = [rustix::event::PollFd::new(s, rustix::event::PollFlags::IN)];
         rustix::event::poll(&mut pfd, None).unwrap();
-        match sys::recv_with_fds(s.as_fd(), &mut buf).unwrap() {
-            sys::Received::Data(n, f) => {
+        match crate::fdstream::recv_with_fds(s.as_fd(), &mut buf).unwrap() {
+            crate::fdstream::Received::Data(n, f) => {
                 bytes.extend_from_slice(&buf[..n]);
                 fds.extend(f);
             }
-            sys::Received::Eof => break,
-            sys::Received::WouldBlock => {}
+            crate::fdstream::Received::Eof => break,
+            crate::fdstream::Received::WouldBlock => {}
         }
     }
     (bytes, fds)
@@ -578,7 +578,7 @@ fn receive_host_fds_become_blob_and_write_pipe_items() {
     let keymap = Memfd::new("keymap", 12345).unwrap();
     let (pipe_r, pipe_w) = sys::pipe().unwrap();
     let kfd = keymap.try_clone_fd().unwrap();
-    sys::send_with_fds(
+    crate::fdstream::send_with_fds(
         host.as_fd(),
         b"keymap+send!",
         &[kfd.as_fd(), pipe_w.as_fd()],
@@ -658,7 +658,7 @@ fn host_fd_that_is_neither_memory_nor_write_pipe_ends_channel() {
     let mut r = rig();
     let host = r.wayland();
     let (sock_a, _sock_b) = UnixStream::pair().unwrap();
-    sys::send_with_fds(host.as_fd(), b"badfd!!!", &[sock_a.as_fd()]).unwrap();
+    crate::fdstream::send_with_fds(host.as_fd(), b"badfd!!!", &[sock_a.as_fd()]).unwrap();
     let (ids, data) = receive(&r.next(1));
     assert!(ids.is_empty() && data.is_empty(), "channel ended with EOF");
     assert!(r.submit(&send_cmd(&[], b"more")).is_err());

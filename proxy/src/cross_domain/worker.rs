@@ -152,13 +152,13 @@ fn flush_host(state: &Mutex<State>) {
 }
 
 fn read_host(state: &Mutex<State>, host: &UnixStream, buf: &mut [u8]) {
-    let received = sys::recv_with_fds(host.as_fd(), buf);
+    let received = crate::fdstream::recv_with_fds(host.as_fd(), buf);
     let mut st = lock(state);
     match received {
-        Ok(sys::Received::WouldBlock) => {}
-        Ok(sys::Received::Eof) => st.host_closed(),
+        Ok(crate::fdstream::Received::WouldBlock) => {}
+        Ok(crate::fdstream::Received::Eof) => st.host_closed(),
         Err(e) => st.end_channel(&format!("reading from the host compositor: {e}")),
-        Ok(sys::Received::Data(n, fds)) => {
+        Ok(crate::fdstream::Received::Data(n, fds)) => {
             let mut out = Outgoing::default();
             let Some(ch) = st.channel.as_mut() else {
                 return;
