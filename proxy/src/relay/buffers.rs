@@ -64,7 +64,6 @@ impl Plane {
 /// A `wl_buffer` the relay knows the layout of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Buffer {
-    path: BufferPath,
     planes: ArrayVec<Plane, MAX_PLANES>,
     /// Copied whole once already (the first commit copies everything, damage or not).
     synced: bool,
@@ -270,16 +269,11 @@ impl Buffers {
         stride: i32,
         format: u32,
     ) -> Result<BufferPath, Fault> {
-        let p = self
+        let (memory, pool_size) = self
             .pools
             .get(&pool.get())
             .map(|p| (p.memory, p.size))
             .ok_or_else(|| unknown_to_relay(pool))?;
-        let p = Pool {
-            memory: p.0,
-            size: p.1,
-            growable: None,
-        };
         let bad = |why: String| Fault::new(pool, shm::INVALID_STRIDE, why);
         let (Ok(offset), Ok(width), Ok(height), Ok(stride)) = (
             u64::try_from(offset),
@@ -306,29 +300,26 @@ impl Buffers {
             .checked_mul(height)
             .and_then(|b| b.checked_add(offset))
             .ok_or_else(|| bad("buffer size overflows".into()))?;
-        if end > p.size {
+        if end > pool_size {
             return Err(bad(format!(
-                "buffer ends at byte {end}, past the pool's {} bytes",
-                p.size
+                "buffer ends at byte {end}, past the pool's {pool_size} bytes"
             )));
         }
         let mut planes = ArrayVec::new();
         planes.push(Plane {
-            memory: p.memory,
+            memory,
             offset,
             stride,
             rows: height,
         });
-        let path = buffer_path(&planes);
         self.buffers.insert(
             buffer.get(),
             Buffer {
-                path,
                 planes,
                 synced: false,
             },
         );
-        Ok(path)
+        Ok(memory.path)
     }
 
     /// `wl_buffer.destroy`.
@@ -440,18 +431,13 @@ impl Buffers {
                 format!("{pair} is not imported by the host"),
             ));
         }
-        let (Ok(w), Ok(h)) = (u64::try_from(width), u64::try_from(height)) else {
+        let positive = |v: i32| u64::try_from(v).ok().filter(|&v| v > 0);
+        let (Some(w), Some(h)) = (positive(width), positive(height)) else {
             return Err(fault(
                 params::INVALID_DIMENSIONS,
                 format!("invalid size {width}x{height}"),
             ));
         };
-        if w == 0 || h == 0 {
-            return Err(fault(
-                params::INVALID_DIMENSIONS,
-                format!("invalid size {width}x{height}"),
-            ));
-        }
         let mut planes = ArrayVec::<Plane, MAX_PLANES>::new();
         for (i, pl) in set().enumerate() {
             let rows = plane_rows(format, i, h);
@@ -498,7 +484,6 @@ impl Buffers {
         }
         let path = buffer_path(&planes);
         let made = Buffer {
-            path,
             planes,
             synced: false,
         };
@@ -578,9 +563,7 @@ impl Buffers {
         let Some(b) = self.buffers.get_mut(&buffer.get()) else {
             return Ok(done);
         };
-        if b.path != BufferPath::Copy {
-            return Ok(done);
-        }
+        // Zero-copy planes are skipped below, so a zero-copy buffer refreshes nothing.
         self.spans.clear();
         let first = !b.synced;
         for (i, plane) in b.planes.iter().enumerate() {

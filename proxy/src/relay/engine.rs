@@ -129,19 +129,11 @@ impl Relay {
     ) -> Result<(), Fault> {
         let start = out.to_host.len();
         let mut counts = Counts::default();
-        let result = if self.guest_pending.is_empty() {
-            self.guest_messages(bytes, sync, out, &mut counts)
-                .map(|used| self.guest_pending.extend_from_slice(&bytes[used..]))
-        } else {
-            let mut buf = std::mem::take(&mut self.guest_pending);
-            buf.extend_from_slice(bytes);
-            let r = self.guest_messages(&buf, sync, out, &mut counts);
-            if let Ok(used) = r {
-                buf.drain(..used);
-            }
-            self.guest_pending = buf;
-            r.map(|_| ())
-        };
+        let mut pending = std::mem::take(&mut self.guest_pending);
+        let result = reassemble(&mut pending, bytes, |data| {
+            self.guest_messages(data, sync, out, &mut counts)
+        });
+        self.guest_pending = pending;
         let s = &self.stats;
         ClientStats::add(&s.messages_to_host, counts.messages);
         ClientStats::add(&s.bytes_to_host, (out.to_host.len() - start) as u64);
@@ -175,15 +167,12 @@ impl Relay {
             self.guest_message(&data[pos..pos + len], &msg, sync, out, counts)?;
             pos += len;
         }
-        let rest = &data[pos..];
         let max = self.config.limits.max_pending_bytes;
-        let declared = wire::Header::parse(rest).map_or(0, |h| usize::from(h.size));
-        if rest.len() > max || declared > max {
+        if let Some(size) = partial_over(&data[pos..], max) {
             return Err(Fault::display(
                 display::NO_MEMORY,
                 format!(
-                    "partial message of {} bytes, over the limit max_pending_bytes = {max}",
-                    declared.max(rest.len())
+                    "partial message of {size} bytes, over the limit max_pending_bytes = {max}"
                 ),
             ));
         }
@@ -387,19 +376,11 @@ impl Relay {
     pub(super) fn host_input(&mut self, bytes: &[u8], out: &mut Outgoing) -> Result<(), String> {
         let start = out.to_guest.len();
         let mut messages = 0;
-        let result = if self.host_pending.is_empty() {
-            self.host_messages(bytes, out, &mut messages)
-                .map(|used| self.host_pending.extend_from_slice(&bytes[used..]))
-        } else {
-            let mut buf = std::mem::take(&mut self.host_pending);
-            buf.extend_from_slice(bytes);
-            let r = self.host_messages(&buf, out, &mut messages);
-            if let Ok(used) = r {
-                buf.drain(..used);
-            }
-            self.host_pending = buf;
-            r.map(|_| ())
-        };
+        let mut pending = std::mem::take(&mut self.host_pending);
+        let result = reassemble(&mut pending, bytes, |data| {
+            self.host_messages(data, out, &mut messages)
+        });
+        self.host_pending = pending;
         ClientStats::add(&self.stats.messages_to_guest, messages);
         ClientStats::add(
             &self.stats.bytes_to_guest,
@@ -428,13 +409,10 @@ impl Relay {
             self.host_message(&data[pos..pos + len], &msg, out, messages)?;
             pos += len;
         }
-        let rest = &data[pos..];
         let max = self.config.limits.max_pending_bytes;
-        let declared = wire::Header::parse(rest).map_or(0, |h| usize::from(h.size));
-        if rest.len() > max || declared > max {
+        if let Some(size) = partial_over(&data[pos..], max) {
             return Err(format!(
-                "partial event of {} bytes, over the limit max_pending_bytes = {max}",
-                declared.max(rest.len())
+                "partial event of {size} bytes, over the limit max_pending_bytes = {max}"
             ));
         }
         Ok(pos)
@@ -526,6 +504,33 @@ impl Relay {
             None => Ok(()),
         }
     }
+}
+
+/// Hands `relay` the stream so far (`pending` then `bytes`) and keeps what it did not use (the
+/// start of a message) in `pending`. Bytes are copied into `pending` only when a message spans
+/// two calls, not on the frame loop.
+fn reassemble<E>(
+    pending: &mut Vec<u8>,
+    bytes: &[u8],
+    relay: impl FnOnce(&[u8]) -> Result<usize, E>,
+) -> Result<(), E> {
+    if pending.is_empty() {
+        let used = relay(bytes)?;
+        pending.extend_from_slice(&bytes[used..]);
+    } else {
+        pending.extend_from_slice(bytes);
+        let used = relay(pending)?;
+        pending.drain(..used);
+    }
+    Ok(())
+}
+
+/// The size of the partial message `rest` (what it holds, or what its header announces if
+/// more), when that is over `max`.
+fn partial_over(rest: &[u8], max: usize) -> Option<usize> {
+    let declared = wire::Header::parse(rest).map_or(0, |h| usize::from(h.size));
+    let size = declared.max(rest.len());
+    (size > max).then_some(size)
 }
 
 fn encode(out: &mut Vec<u8>, object: ObjectId, opcode: u16, args: &[Arg<'_>]) -> Result<(), Fault> {

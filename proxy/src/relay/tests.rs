@@ -62,6 +62,97 @@ impl Requests {
         );
         self
     }
+    /// `wl_display.get_registry`: registry 2.
+    fn get_registry(self) -> Self {
+        self.req(1, "wl_display", 1, &[Arg::NewId(id(2))])
+    }
+    /// `wl_shm.create_pool` on wl_shm 4: pool 8 of `size` bytes (its fd is sent beside).
+    fn create_pool(self, size: i32) -> Self {
+        self.req(
+            4,
+            "wl_shm",
+            0,
+            &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(size)],
+        )
+    }
+    /// `wl_shm_pool.create_buffer` on pool 8: buffer 9.
+    fn create_buffer(self, offset: i32, width: i32, height: i32, stride: i32, format: u32) -> Self {
+        self.req(
+            8,
+            "wl_shm_pool",
+            0,
+            &[
+                Arg::NewId(id(9)),
+                Arg::Int(offset),
+                Arg::Int(width),
+                Arg::Int(height),
+                Arg::Int(stride),
+                Arg::Uint(format),
+            ],
+        )
+    }
+    /// `wl_shm_pool.resize` of pool 8.
+    fn resize_pool(self, size: i32) -> Self {
+        self.req(8, "wl_shm_pool", 2, &[Arg::Int(size)])
+    }
+    /// `wl_surface.attach(buffer, 0, 0)` on surface 7.
+    fn attach(self, buffer: u32) -> Self {
+        self.req(
+            7,
+            "wl_surface",
+            1,
+            &[Arg::Object(Some(id(buffer))), Arg::Int(0), Arg::Int(0)],
+        )
+    }
+    /// `wl_surface.commit` on surface 7.
+    fn commit(self) -> Self {
+        self.req(7, "wl_surface", 6, &[])
+    }
+    /// `zwp_linux_buffer_params_v1.add` on params 8 (its fd is sent beside).
+    fn add(self, plane: u32, offset: u32, stride: u32, modifier: u64) -> Self {
+        self.req(
+            8,
+            "zwp_linux_buffer_params_v1",
+            1,
+            &[
+                Arg::Fd,
+                Arg::Uint(plane),
+                Arg::Uint(offset),
+                Arg::Uint(stride),
+                Arg::Uint((modifier >> 32) as u32),
+                Arg::Uint(modifier as u32),
+            ],
+        )
+    }
+    /// `zwp_linux_buffer_params_v1.create` on params 8 (the host names the buffer).
+    fn create(self, width: i32, height: i32, format: u32) -> Self {
+        self.req(
+            8,
+            "zwp_linux_buffer_params_v1",
+            2,
+            &[
+                Arg::Int(width),
+                Arg::Int(height),
+                Arg::Uint(format),
+                Arg::Uint(0),
+            ],
+        )
+    }
+    /// `zwp_linux_buffer_params_v1.create_immed` on params 8: buffer 9.
+    fn create_immed(self, width: i32, height: i32, format: u32) -> Self {
+        self.req(
+            8,
+            "zwp_linux_buffer_params_v1",
+            3,
+            &[
+                Arg::NewId(id(9)),
+                Arg::Int(width),
+                Arg::Int(height),
+                Arg::Uint(format),
+                Arg::Uint(0),
+            ],
+        )
+    }
     fn bind(self, registry: u32, name: u32, interface: &str, version: u32, new: u32) -> Self {
         let c = CString::new(interface).unwrap();
         self.req(
@@ -187,16 +278,23 @@ impl Harness {
         Harness::bound_with(Harness::config())
     }
 
-    fn bound_with(config: RelayConfig) -> Harness {
+    /// A client that asked for registry 2, no globals seen yet.
+    fn registry(config: RelayConfig) -> Harness {
         let mut h = Harness::with(config);
-        h.guest(
-            Requests::default()
-                .req(1, "wl_display", 1, &[Arg::NewId(id(2))])
-                .0,
-            vec![],
-        )
-        .unwrap();
+        h.guest(Requests::default().get_registry().0, vec![])
+            .unwrap();
+        h
+    }
+
+    /// A client with registry 2 that saw [`standard_globals`].
+    fn globals_seen(config: RelayConfig) -> Harness {
+        let mut h = Harness::registry(config);
         h.host(standard_globals().0).unwrap();
+        h
+    }
+
+    fn bound_with(config: RelayConfig) -> Harness {
+        let mut h = Harness::globals_seen(config);
         let r = Requests::default()
             .bind(2, 1, "wl_compositor", 6, 3)
             .bind(2, 2, "wl_shm", 1, 4)
@@ -376,40 +474,16 @@ fn opcodes_match_the_tables() {
 
 // ---- framing, reassembly, fds ----
 
+/// Pool 8 of `pool_size` bytes and buffer 9 in it: 64x16 XRGB8888, stride 256.
 fn pool_and_buffer(pool_size: i32) -> Requests {
     Requests::default()
-        .req(
-            4,
-            "wl_shm",
-            0,
-            &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(pool_size)],
-        )
-        .req(
-            8,
-            "wl_shm_pool",
-            0,
-            &[
-                Arg::NewId(id(9)),
-                Arg::Int(0),
-                Arg::Int(64),
-                Arg::Int(16),
-                Arg::Int(256),
-                Arg::Uint(1),
-            ],
-        )
+        .create_pool(pool_size)
+        .create_buffer(0, 64, 16, 256, 1)
 }
 
 #[test]
 fn from_guest_split_at_every_byte_is_reassembled() {
-    let stream = pool_and_buffer(4096)
-        .req(
-            7,
-            "wl_surface",
-            1,
-            &[Arg::Object(Some(id(9))), Arg::Int(0), Arg::Int(0)],
-        )
-        .req(7, "wl_surface", 6, &[])
-        .0;
+    let stream = pool_and_buffer(4096).attach(9).commit().0;
     let mut whole = Harness::bound();
     whole
         .guest(
@@ -439,15 +513,7 @@ fn from_guest_split_at_every_byte_is_reassembled() {
 #[test]
 fn from_guest_fd_offsets_point_at_their_message() {
     let mut h = Harness::bound();
-    let stream = Requests::default()
-        .req(7, "wl_surface", 6, &[])
-        .req(
-            4,
-            "wl_shm",
-            0,
-            &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(4096)],
-        )
-        .0;
+    let stream = Requests::default().commit().create_pool(4096).0;
     h.guest(stream, vec![mem(4096, BufferPath::ShmZeroCopy, None)])
         .unwrap();
     assert_eq!(h.out.host_fds.len(), 1);
@@ -459,8 +525,11 @@ fn from_guest_leftover_fds_wait_for_the_next_message() {
     let mut h = Harness::bound();
     h.guest(vec![], vec![mem(4096, BufferPath::ShmZeroCopy, None)])
         .unwrap();
-    h.guest(pool_and_buffer(4096).0, vec![]).unwrap();
+    let stream = pool_and_buffer(4096).0;
+    h.guest(stream.clone(), vec![]).unwrap();
+    assert_eq!(h.out.to_host, stream);
     assert_eq!(h.out.host_fds.len(), 1);
+    assert_eq!(h.out.host_fds[0].0, 0, "with create_pool");
 }
 
 #[test]
@@ -499,35 +568,18 @@ fn from_guest_after_error_keeps_failing() {
     let mut h = Harness::bound();
     h.expect_guest_error(Requests::default().req(99, "wl_surface", 6, &[]).0, vec![]);
     h.out.clear();
-    assert!(
-        h.guest(Requests::default().req(7, "wl_surface", 6, &[]).0, vec![])
-            .is_err()
-    );
+    assert!(h.guest(Requests::default().commit().0, vec![]).is_err());
     assert!(h.out.to_host.is_empty());
 }
 
 #[test]
 fn from_host_split_events_are_reassembled() {
     let events = standard_globals().0;
-    let mut whole = Harness::with(Harness::config());
-    whole
-        .guest(
-            Requests::default()
-                .req(1, "wl_display", 1, &[Arg::NewId(id(2))])
-                .0,
-            vec![],
-        )
-        .unwrap();
+    let mut whole = Harness::registry(Harness::config());
     whole.host(events.clone()).unwrap();
+    assert_eq!(advertised(&whole.out.to_guest).len(), 5);
     for split in [1, 7, 8, 13, events.len() - 1] {
-        let mut h = Harness::with(Harness::config());
-        h.guest(
-            Requests::default()
-                .req(1, "wl_display", 1, &[Arg::NewId(id(2))])
-                .0,
-            vec![],
-        )
-        .unwrap();
+        let mut h = Harness::registry(Harness::config());
         h.host(events[..split].to_vec()).unwrap();
         h.host(events[split..].to_vec()).unwrap();
         assert_eq!(h.out.to_guest, whole.out.to_guest, "split at {split}");
@@ -595,15 +647,7 @@ fn from_host_malformed_event_is_host_error() {
 
 #[test]
 fn registry_hides_denied_and_unknown_globals_and_caps_versions() {
-    let mut h = Harness::with(Harness::config());
-    h.guest(
-        Requests::default()
-            .req(1, "wl_display", 1, &[Arg::NewId(id(2))])
-            .0,
-        vec![],
-    )
-    .unwrap();
-    h.host(standard_globals().0).unwrap();
+    let h = Harness::globals_seen(Harness::config());
     let seen = advertised(&h.out.to_guest);
     let names: Vec<_> = seen.iter().map(|g| g.1.as_str()).collect();
     assert_eq!(
@@ -630,15 +674,7 @@ fn registry_hides_denied_and_unknown_globals_and_caps_versions() {
 fn registry_hides_dmabuf_without_host_formats() {
     let mut config = Harness::config();
     config.host_formats = None;
-    let mut h = Harness::with(config);
-    h.guest(
-        Requests::default()
-            .req(1, "wl_display", 1, &[Arg::NewId(id(2))])
-            .0,
-        vec![],
-    )
-    .unwrap();
-    h.host(standard_globals().0).unwrap();
+    let h = Harness::globals_seen(config);
     assert!(
         advertised(&h.out.to_guest)
             .iter()
@@ -791,7 +827,7 @@ fn too_many_objects_is_no_memory() {
     config.limits.max_objects = 4;
     let mut h = Harness::with(config);
     let r = Requests::default()
-        .req(1, "wl_display", 1, &[Arg::NewId(id(2))])
+        .get_registry()
         .req(1, "wl_display", 0, &[Arg::NewId(id(3))])
         .req(1, "wl_display", 0, &[Arg::NewId(id(4))])
         .req(1, "wl_display", 0, &[Arg::NewId(id(5))]);
@@ -806,16 +842,20 @@ fn too_many_objects_is_no_memory() {
 
 // ---- tagging ----
 
-fn toplevel(h: &mut Harness) {
-    let r = Requests::default()
+/// xdg_surface 8 for surface 7, xdg_toplevel 9.
+fn toplevel_requests() -> Requests {
+    Requests::default()
         .req(
             5,
             "xdg_wm_base",
             2,
             &[Arg::NewId(id(8)), Arg::Object(Some(id(7)))],
         )
-        .req(8, "xdg_surface", 1, &[Arg::NewId(id(9))]);
-    h.guest(r.0, vec![]).unwrap();
+        .req(8, "xdg_surface", 1, &[Arg::NewId(id(9))])
+}
+
+fn toplevel(h: &mut Harness) {
+    h.guest(toplevel_requests().0, vec![]).unwrap();
 }
 
 #[test]
@@ -874,15 +914,7 @@ fn tagging_off_without_vm_name_forwards_as_is() {
     let mut h = Harness::bound_with(config);
     h.out.clear();
     let t = CString::new("Editor").unwrap();
-    let r = Requests::default()
-        .req(
-            5,
-            "xdg_wm_base",
-            2,
-            &[Arg::NewId(id(8)), Arg::Object(Some(id(7)))],
-        )
-        .req(8, "xdg_surface", 1, &[Arg::NewId(id(9))])
-        .req(9, "xdg_toplevel", 2, &[Arg::Str(Some(&t))]);
+    let r = toplevel_requests().req(9, "xdg_toplevel", 2, &[Arg::Str(Some(&t))]);
     h.guest(r.0.clone(), vec![]).unwrap();
     assert_eq!(h.out.to_host, r.0);
 }
@@ -893,31 +925,11 @@ fn tagging_off_without_vm_name_forwards_as_is() {
 fn shm_pool_over_limit_is_invalid_stride() {
     let mut config = Harness::config();
     config.limits.max_shm_pool_bytes = 1 << 20;
-    let mut h = Harness::with(config);
-    h.guest(
-        Requests::default()
-            .req(1, "wl_display", 1, &[Arg::NewId(id(2))])
-            .0,
-        vec![],
-    )
-    .unwrap();
-    h.host(standard_globals().0).unwrap();
-    h.guest(
-        Requests::default()
-            .bind(2, 1, "wl_compositor", 6, 3)
-            .bind(2, 2, "wl_shm", 1, 4)
-            .0,
-        vec![],
-    )
-    .unwrap();
-    let r = Requests::default().req(
-        4,
-        "wl_shm",
-        0,
-        &[Arg::NewId(id(5)), Arg::Fd, Arg::Int(2 << 20)],
+    let mut h = Harness::bound_with(config);
+    let (obj, code, msg) = h.expect_guest_error(
+        Requests::default().create_pool(2 << 20).0,
+        vec![mem(4 << 20, BufferPath::ShmZeroCopy, None)],
     );
-    let (obj, code, msg) =
-        h.expect_guest_error(r.0, vec![mem(4 << 20, BufferPath::ShmZeroCopy, None)]);
     assert_eq!((obj, code), (4, shm::INVALID_STRIDE));
     assert!(msg.contains("max_shm_pool_bytes"), "{msg}");
 }
@@ -925,12 +937,7 @@ fn shm_pool_over_limit_is_invalid_stride() {
 #[test]
 fn shm_pool_bigger_than_fd_is_invalid_fd() {
     let mut h = Harness::bound();
-    let r = Requests::default().req(
-        4,
-        "wl_shm",
-        0,
-        &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(8192)],
-    );
+    let r = Requests::default().create_pool(8192);
     let (obj, code, _) = h.expect_guest_error(r.0, vec![mem(4096, BufferPath::ShmZeroCopy, None)]);
     assert_eq!((obj, code), (4, shm::INVALID_FD));
 }
@@ -938,12 +945,7 @@ fn shm_pool_bigger_than_fd_is_invalid_fd() {
 #[test]
 fn shm_pool_on_a_pipe_is_invalid_fd() {
     let mut h = Harness::bound();
-    let r = Requests::default().req(
-        4,
-        "wl_shm",
-        0,
-        &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(4096)],
-    );
+    let r = Requests::default().create_pool(4096);
     let fd = GuestFd {
         fd: any_fd(),
         kind: GuestFdKind::Pipe,
@@ -955,7 +957,7 @@ fn shm_pool_on_a_pipe_is_invalid_fd() {
 #[test]
 fn shm_pool_of_negative_size_is_invalid_stride() {
     let mut h = Harness::bound();
-    let r = Requests::default().req(4, "wl_shm", 0, &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(-1)]);
+    let r = Requests::default().create_pool(-1);
     let (_, code, _) = h.expect_guest_error(r.0, vec![mem(4096, BufferPath::ShmZeroCopy, None)]);
     assert_eq!(code, shm::INVALID_STRIDE);
 }
@@ -963,22 +965,10 @@ fn shm_pool_of_negative_size_is_invalid_stride() {
 #[test]
 fn shm_resize_grows_within_fd_and_never_shrinks() {
     let mut h = Harness::bound();
-    let r = Requests::default()
-        .req(
-            4,
-            "wl_shm",
-            0,
-            &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(4096)],
-        )
-        .req(8, "wl_shm_pool", 2, &[Arg::Int(8192)]);
+    let r = Requests::default().create_pool(4096).resize_pool(8192);
     h.guest(r.0, vec![mem(8192, BufferPath::ShmZeroCopy, None)])
         .unwrap();
-    let (obj, code, msg) = h.expect_guest_error(
-        Requests::default()
-            .req(8, "wl_shm_pool", 2, &[Arg::Int(4096)])
-            .0,
-        vec![],
-    );
+    let (obj, code, msg) = h.expect_guest_error(Requests::default().resize_pool(4096).0, vec![]);
     assert_eq!((obj, code), (8, shm::INVALID_STRIDE));
     assert!(msg.contains("shrink"), "{msg}");
 }
@@ -986,14 +976,7 @@ fn shm_resize_grows_within_fd_and_never_shrinks() {
 #[test]
 fn shm_resize_past_fd_is_invalid_fd() {
     let mut h = Harness::bound();
-    let r = Requests::default()
-        .req(
-            4,
-            "wl_shm",
-            0,
-            &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(4096)],
-        )
-        .req(8, "wl_shm_pool", 2, &[Arg::Int(8193)]);
+    let r = Requests::default().create_pool(4096).resize_pool(8193);
     let (obj, code, _) = h.expect_guest_error(r.0, vec![mem(8192, BufferPath::ShmZeroCopy, None)]);
     assert_eq!((obj, code), (8, shm::INVALID_FD));
 }
@@ -1003,25 +986,8 @@ fn shm_buffer_past_pool_is_invalid_stride() {
     let mut h = Harness::bound();
     // 64x16 at stride 256 is 4096 bytes: one byte of offset runs past a 4096-byte pool.
     let r = Requests::default()
-        .req(
-            4,
-            "wl_shm",
-            0,
-            &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(4096)],
-        )
-        .req(
-            8,
-            "wl_shm_pool",
-            0,
-            &[
-                Arg::NewId(id(9)),
-                Arg::Int(4),
-                Arg::Int(64),
-                Arg::Int(16),
-                Arg::Int(256),
-                Arg::Uint(1),
-            ],
-        );
+        .create_pool(4096)
+        .create_buffer(4, 64, 16, 256, 1);
     let (obj, code, msg) =
         h.expect_guest_error(r.0, vec![mem(4096, BufferPath::ShmZeroCopy, None)]);
     assert_eq!((obj, code), (8, shm::INVALID_STRIDE));
@@ -1037,25 +1003,8 @@ fn shm_buffer_past_pool_is_invalid_stride() {
 fn shm_buffer_with_overflowing_geometry_is_invalid_stride() {
     let mut h = Harness::bound();
     let r = Requests::default()
-        .req(
-            4,
-            "wl_shm",
-            0,
-            &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(4096)],
-        )
-        .req(
-            8,
-            "wl_shm_pool",
-            0,
-            &[
-                Arg::NewId(id(9)),
-                Arg::Int(i32::MAX),
-                Arg::Int(1),
-                Arg::Int(i32::MAX),
-                Arg::Int(i32::MAX),
-                Arg::Uint(1),
-            ],
-        );
+        .create_pool(4096)
+        .create_buffer(i32::MAX, 1, i32::MAX, i32::MAX, 1);
     let (_, code, _) = h.expect_guest_error(r.0, vec![mem(4096, BufferPath::ShmZeroCopy, None)]);
     assert_eq!(code, shm::INVALID_STRIDE);
 }
@@ -1064,25 +1013,8 @@ fn shm_buffer_with_overflowing_geometry_is_invalid_stride() {
 fn shm_buffer_stride_below_row_is_invalid_stride() {
     let mut h = Harness::bound();
     let r = Requests::default()
-        .req(
-            4,
-            "wl_shm",
-            0,
-            &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(4096)],
-        )
-        .req(
-            8,
-            "wl_shm_pool",
-            0,
-            &[
-                Arg::NewId(id(9)),
-                Arg::Int(0),
-                Arg::Int(64),
-                Arg::Int(4),
-                Arg::Int(128),
-                Arg::Uint(0),
-            ],
-        );
+        .create_pool(4096)
+        .create_buffer(0, 64, 4, 128, 0);
     let (_, code, msg) = h.expect_guest_error(r.0, vec![mem(4096, BufferPath::ShmZeroCopy, None)]);
     assert_eq!(code, shm::INVALID_STRIDE);
     assert!(msg.contains("row"), "{msg}");
@@ -1106,25 +1038,8 @@ fn shm_buffers_are_counted_by_path() {
 fn copy_buffer() -> Harness {
     let mut h = Harness::bound();
     let r = Requests::default()
-        .req(
-            4,
-            "wl_shm",
-            0,
-            &[Arg::NewId(id(8)), Arg::Fd, Arg::Int(65536)],
-        )
-        .req(
-            8,
-            "wl_shm_pool",
-            0,
-            &[
-                Arg::NewId(id(9)),
-                Arg::Int(4096),
-                Arg::Int(64),
-                Arg::Int(100),
-                Arg::Int(256),
-                Arg::Uint(0),
-            ],
-        );
+        .create_pool(65536)
+        .create_buffer(4096, 64, 100, 256, 0);
     h.guest(r.0, vec![mem(65536, BufferPath::Copy, Some(11))])
         .unwrap();
     h.out.clear();
@@ -1132,12 +1047,7 @@ fn copy_buffer() -> Harness {
 }
 
 fn frame(damage: &[(i32, i32)]) -> Requests {
-    let mut r = Requests::default().req(
-        7,
-        "wl_surface",
-        1,
-        &[Arg::Object(Some(id(9))), Arg::Int(0), Arg::Int(0)],
-    );
+    let mut r = Requests::default().attach(9);
     for &(y, h) in damage {
         r = r.req(
             7,
@@ -1146,7 +1056,7 @@ fn frame(damage: &[(i32, i32)]) -> Requests {
             &[Arg::Int(0), Arg::Int(y), Arg::Int(64), Arg::Int(h)],
         );
     }
-    r.req(7, "wl_surface", 6, &[])
+    r.commit()
 }
 
 #[test]
@@ -1186,19 +1096,14 @@ fn copy_path_surface_damage_copies_whole_buffer() {
     h.guest(frame(&[]).0, vec![]).unwrap();
     h.sync.0.clear();
     let r = Requests::default()
-        .req(
-            7,
-            "wl_surface",
-            1,
-            &[Arg::Object(Some(id(9))), Arg::Int(0), Arg::Int(0)],
-        )
+        .attach(9)
         .req(
             7,
             "wl_surface",
             2,
             &[Arg::Int(0), Arg::Int(0), Arg::Int(1), Arg::Int(1)],
         )
-        .req(7, "wl_surface", 6, &[]);
+        .commit();
     h.guest(r.0, vec![]).unwrap();
     assert_eq!(h.sync.0, [(11, vec![(4096, 25600)])]);
 }
@@ -1206,8 +1111,7 @@ fn copy_path_surface_damage_copies_whole_buffer() {
 #[test]
 fn copy_path_commit_without_attach_is_no_frame() {
     let mut h = copy_buffer();
-    h.guest(Requests::default().req(7, "wl_surface", 6, &[]).0, vec![])
-        .unwrap();
+    h.guest(Requests::default().commit().0, vec![]).unwrap();
     assert!(h.sync.0.is_empty());
     assert_eq!(h.relay.stats().snapshot().frames, 0);
 }
@@ -1216,14 +1120,9 @@ fn copy_path_commit_without_attach_is_no_frame() {
 fn copy_path_destroyed_buffer_is_not_synced() {
     let mut h = copy_buffer();
     let r = Requests::default()
-        .req(
-            7,
-            "wl_surface",
-            1,
-            &[Arg::Object(Some(id(9))), Arg::Int(0), Arg::Int(0)],
-        )
+        .attach(9)
         .req(9, "wl_buffer", 0, &[])
-        .req(7, "wl_surface", 6, &[]);
+        .commit();
     h.guest(r.0, vec![]).unwrap();
     assert!(h.sync.0.is_empty());
 }
@@ -1256,36 +1155,13 @@ fn zero_copy_commit_counts_frame_without_sync() {
         vec![mem(4096, BufferPath::ShmZeroCopy, Some(1))],
     )
     .unwrap();
-    let r = Requests::default()
-        .req(
-            7,
-            "wl_surface",
-            1,
-            &[Arg::Object(Some(id(9))), Arg::Int(0), Arg::Int(0)],
-        )
-        .req(7, "wl_surface", 6, &[]);
-    h.guest(r.0, vec![]).unwrap();
+    h.guest(Requests::default().attach(9).commit().0, vec![])
+        .unwrap();
     assert!(h.sync.0.is_empty());
     assert_eq!(h.relay.stats().snapshot().frames, 1);
 }
 
 // ---- dmabuf ----
-
-fn add(plane: u32, offset: u32, stride: u32, modifier: u64) -> Requests {
-    Requests::default().req(
-        8,
-        "zwp_linux_buffer_params_v1",
-        1,
-        &[
-            Arg::Fd,
-            Arg::Uint(plane),
-            Arg::Uint(offset),
-            Arg::Uint(stride),
-            Arg::Uint((modifier >> 32) as u32),
-            Arg::Uint(modifier as u32),
-        ],
-    )
-}
 
 fn params() -> Harness {
     let mut h = Harness::bound();
@@ -1300,19 +1176,9 @@ fn params() -> Harness {
     h
 }
 
-fn create_immed(w: i32, height: i32, format: u32) -> Requests {
-    Requests::default().req(
-        8,
-        "zwp_linux_buffer_params_v1",
-        3,
-        &[
-            Arg::NewId(id(9)),
-            Arg::Int(w),
-            Arg::Int(height),
-            Arg::Uint(format),
-            Arg::Uint(0),
-        ],
-    )
+/// `zwp_linux_buffer_params_v1.add` on params 8.
+fn add(plane: u32, offset: u32, stride: u32, modifier: u64) -> Requests {
+    Requests::default().add(plane, offset, stride, modifier)
 }
 
 fn dmabuf(size: u64) -> GuestFd {
@@ -1322,9 +1188,7 @@ fn dmabuf(size: u64) -> GuestFd {
 #[test]
 fn dmabuf_valid_params_are_forwarded_and_counted() {
     let mut h = params();
-    let r = Requests(add(0, 0, 256, 0).0).0;
-    let mut bytes = r;
-    bytes.extend(create_immed(64, 16, XRGB8888).0);
+    let bytes = add(0, 0, 256, 0).create_immed(64, 16, XRGB8888).0;
     h.guest(bytes.clone(), vec![dmabuf(4096)]).unwrap();
     assert_eq!(h.out.to_host, bytes);
     assert_eq!(h.out.host_fds.len(), 1);
@@ -1334,8 +1198,7 @@ fn dmabuf_valid_params_are_forwarded_and_counted() {
 #[test]
 fn dmabuf_plane_past_fd_is_out_of_bounds() {
     let mut h = params();
-    let mut bytes = add(0, 1, 256, 0).0;
-    bytes.extend(create_immed(64, 16, XRGB8888).0);
+    let bytes = add(0, 1, 256, 0).create_immed(64, 16, XRGB8888).0;
     let (obj, code, _) = h.expect_guest_error(bytes, vec![dmabuf(4096)]);
     assert_eq!((obj, code), (8, params::OUT_OF_BOUNDS));
     assert!(
@@ -1347,8 +1210,9 @@ fn dmabuf_plane_past_fd_is_out_of_bounds() {
 #[test]
 fn dmabuf_huge_offset_and_stride_do_not_overflow() {
     let mut h = params();
-    let mut bytes = add(0, u32::MAX, u32::MAX, 0).0;
-    bytes.extend(create_immed(i32::MAX, i32::MAX, XRGB8888).0);
+    let bytes = add(0, u32::MAX, u32::MAX, 0)
+        .create_immed(i32::MAX, i32::MAX, XRGB8888)
+        .0;
     let (_, code, _) = h.expect_guest_error(bytes, vec![dmabuf(u64::MAX)]);
     assert_eq!(code, params::OUT_OF_BOUNDS);
 }
@@ -1357,9 +1221,10 @@ fn dmabuf_huge_offset_and_stride_do_not_overflow() {
 fn dmabuf_overlapping_planes_are_out_of_bounds() {
     let mut h = params();
     // NV12 64x64: plane 0 is 64 rows of 64 bytes; plane 1 starts inside it, same resource.
-    let mut bytes = add(0, 0, 64, 0).0;
-    bytes.extend(add(1, 2048, 64, 0).0);
-    bytes.extend(create_immed(64, 64, NV12).0);
+    let bytes = add(0, 0, 64, 0)
+        .add(1, 2048, 64, 0)
+        .create_immed(64, 64, NV12)
+        .0;
     let (_, code, msg) = h.expect_guest_error(bytes, vec![dmabuf(65536), dmabuf(65536)]);
     assert_eq!(code, params::OUT_OF_BOUNDS);
     assert!(msg.contains("overlap"), "{msg}");
@@ -1369,10 +1234,16 @@ fn dmabuf_overlapping_planes_are_out_of_bounds() {
 fn dmabuf_two_plane_layout_is_accepted() {
     let mut h = params();
     // NV12 64x64: 4096 bytes of luma then 32 rows of chroma.
-    let mut bytes = add(0, 0, 64, 0).0;
-    bytes.extend(add(1, 4096, 64, 0).0);
-    bytes.extend(create_immed(64, 64, NV12).0);
-    h.guest(bytes, vec![dmabuf(6144), dmabuf(6144)]).unwrap();
+    let bytes = add(0, 0, 64, 0)
+        .add(1, 4096, 64, 0)
+        .create_immed(64, 64, NV12)
+        .0;
+    h.guest(bytes.clone(), vec![dmabuf(6144), dmabuf(6144)])
+        .unwrap();
+    assert_eq!(h.out.to_host, bytes);
+    let at: Vec<_> = h.out.host_fds.iter().map(|f| f.0).collect();
+    assert_eq!(at, [0, 28], "each fd with its add");
+    assert_eq!(h.relay.stats().snapshot().buffers_dmabuf_zero_copy, 1);
 }
 
 #[test]
@@ -1385,8 +1256,7 @@ fn dmabuf_plane_index_out_of_range_is_plane_idx() {
 #[test]
 fn dmabuf_plane_set_twice_is_plane_set() {
     let mut h = params();
-    let mut bytes = add(0, 0, 256, 0).0;
-    bytes.extend(add(0, 0, 256, 0).0);
+    let bytes = add(0, 0, 256, 0).add(0, 0, 256, 0).0;
     let (_, code, _) = h.expect_guest_error(bytes, vec![dmabuf(4096), dmabuf(4096)]);
     assert_eq!(code, params::PLANE_SET);
 }
@@ -1394,8 +1264,7 @@ fn dmabuf_plane_set_twice_is_plane_set() {
 #[test]
 fn dmabuf_gap_in_planes_is_incomplete() {
     let mut h = params();
-    let mut bytes = add(1, 0, 256, 0).0;
-    bytes.extend(create_immed(64, 16, XRGB8888).0);
+    let bytes = add(1, 0, 256, 0).create_immed(64, 16, XRGB8888).0;
     let (_, code, _) = h.expect_guest_error(bytes, vec![dmabuf(4096)]);
     assert_eq!(code, params::INCOMPLETE);
 }
@@ -1403,8 +1272,9 @@ fn dmabuf_gap_in_planes_is_incomplete() {
 #[test]
 fn dmabuf_unknown_format_or_modifier_is_invalid_format() {
     let mut h = params();
-    let mut bytes = add(0, 0, 256, 0x0100_0000_0000_0001).0;
-    bytes.extend(create_immed(64, 16, XRGB8888).0);
+    let bytes = add(0, 0, 256, 0x0100_0000_0000_0001)
+        .create_immed(64, 16, XRGB8888)
+        .0;
     let (_, code, msg) = h.expect_guest_error(bytes, vec![dmabuf(4096)]);
     assert_eq!(code, params::INVALID_FORMAT);
     assert!(msg.contains("not imported"), "{msg}");
@@ -1413,8 +1283,7 @@ fn dmabuf_unknown_format_or_modifier_is_invalid_format() {
 #[test]
 fn dmabuf_zero_size_is_invalid_dimensions() {
     let mut h = params();
-    let mut bytes = add(0, 0, 256, 0).0;
-    bytes.extend(create_immed(0, 16, XRGB8888).0);
+    let bytes = add(0, 0, 256, 0).create_immed(0, 16, XRGB8888).0;
     let (_, code, _) = h.expect_guest_error(bytes, vec![dmabuf(4096)]);
     assert_eq!(code, params::INVALID_DIMENSIONS);
 }
@@ -1422,8 +1291,7 @@ fn dmabuf_zero_size_is_invalid_dimensions() {
 #[test]
 fn dmabuf_stride_below_row_is_out_of_bounds() {
     let mut h = params();
-    let mut bytes = add(0, 0, 128, 0).0;
-    bytes.extend(create_immed(64, 16, XRGB8888).0);
+    let bytes = add(0, 0, 128, 0).create_immed(64, 16, XRGB8888).0;
     let (_, code, _) = h.expect_guest_error(bytes, vec![dmabuf(4096)]);
     assert_eq!(code, params::OUT_OF_BOUNDS);
 }
@@ -1435,27 +1303,17 @@ fn dmabuf_plane_fd_not_memory_is_refused() {
         fd: any_fd(),
         kind: GuestFdKind::Other,
     };
-    let (obj, _, _) = h.expect_guest_error(add(0, 0, 256, 0).0, vec![fd]);
-    assert_eq!(obj, 8);
+    let (obj, code, _) = h.expect_guest_error(add(0, 0, 256, 0).0, vec![fd]);
+    assert_eq!((obj, code), (8, params::OUT_OF_BOUNDS));
+    assert!(h.out.to_host.is_empty(), "add not forwarded");
 }
 
 #[test]
 fn dmabuf_params_used_twice_is_already_used() {
     let mut h = params();
-    let mut bytes = add(0, 0, 256, 0).0;
-    bytes.extend(create_immed(64, 16, XRGB8888).0);
+    let bytes = add(0, 0, 256, 0).create_immed(64, 16, XRGB8888).0;
     h.guest(bytes, vec![dmabuf(4096)]).unwrap();
-    let r = Requests::default().req(
-        8,
-        "zwp_linux_buffer_params_v1",
-        2,
-        &[
-            Arg::Int(64),
-            Arg::Int(16),
-            Arg::Uint(XRGB8888),
-            Arg::Uint(0),
-        ],
-    );
+    let r = Requests::default().create(64, 16, XRGB8888);
     let (_, code, _) = h.expect_guest_error(r.0, vec![]);
     assert_eq!(code, params::ALREADY_USED);
 }
@@ -1463,22 +1321,7 @@ fn dmabuf_params_used_twice_is_already_used() {
 #[test]
 fn dmabuf_create_then_created_buffer_syncs_on_copy_path() {
     let mut h = params();
-    let mut bytes = add(0, 0, 256, 0).0;
-    bytes.extend(
-        Requests::default()
-            .req(
-                8,
-                "zwp_linux_buffer_params_v1",
-                2,
-                &[
-                    Arg::Int(64),
-                    Arg::Int(16),
-                    Arg::Uint(XRGB8888),
-                    Arg::Uint(0),
-                ],
-            )
-            .0,
-    );
+    let bytes = add(0, 0, 256, 0).create(64, 16, XRGB8888).0;
     h.guest(bytes, vec![mem(4096, BufferPath::Copy, Some(31))])
         .unwrap();
     h.host(
@@ -1492,15 +1335,8 @@ fn dmabuf_create_then_created_buffer_syncs_on_copy_path() {
             .0,
     )
     .unwrap();
-    let r = Requests::default()
-        .req(
-            7,
-            "wl_surface",
-            1,
-            &[Arg::Object(Some(id(0xff00_0000))), Arg::Int(0), Arg::Int(0)],
-        )
-        .req(7, "wl_surface", 6, &[]);
-    h.guest(r.0, vec![]).unwrap();
+    h.guest(Requests::default().attach(0xff00_0000).commit().0, vec![])
+        .unwrap();
     assert_eq!(h.sync.0, [(31, vec![(0, 4096)])]);
     assert_eq!(h.relay.stats().snapshot().buffers_copy, 1);
 }
@@ -1511,9 +1347,7 @@ fn dmabuf_create_then_created_buffer_syncs_on_copy_path() {
 fn stats_count_messages_and_bytes_each_way() {
     let mut h = Harness::bound();
     let s0 = h.relay.stats().snapshot();
-    let r = Requests::default()
-        .req(7, "wl_surface", 6, &[])
-        .req(7, "wl_surface", 6, &[]);
+    let r = Requests::default().commit().commit();
     h.guest(r.0, vec![]).unwrap();
     let ping = Events::default().ev(5, "xdg_wm_base", 0, &[Arg::Uint(7)]);
     h.host(ping.0).unwrap();
@@ -1539,23 +1373,23 @@ fn decoded_error_event_is_well_formed() {
     let mut out = vec![];
     f.encode(&mut out);
     let m = Message::parse(&out).unwrap();
+    assert_eq!(m.len(), out.len());
+    assert_eq!((m.header.object, m.header.opcode), (ObjectId::DISPLAY, 0));
     let sig = ProtocolTable::builtin().get("wl_display").unwrap().events[0].signature;
-    assert!(m.decode(sig, 0).is_ok());
+    match m.decode(sig, 0).unwrap().as_slice() {
+        [Arg::Object(Some(o)), Arg::Uint(3), Arg::Str(Some(s))] => {
+            assert_eq!(o.get(), 7);
+            assert_eq!(s.to_bytes(), b"badthing", "the NUL is dropped");
+        }
+        other => panic!("bad error event {other:?}"),
+    }
 }
 
 #[test]
 fn registry_never_advertises_an_interface_unknown_to_the_tables() {
     let mut config = Harness::config();
     config.policy.globals.insert("evil_unknown_v1".into(), 1);
-    let mut h = Harness::with(config);
-    h.guest(
-        Requests::default()
-            .req(1, "wl_display", 1, &[Arg::NewId(id(2))])
-            .0,
-        vec![],
-    )
-    .unwrap();
-    h.host(standard_globals().0).unwrap();
+    let h = Harness::globals_seen(config);
     assert!(
         advertised(&h.out.to_guest)
             .iter()
@@ -1567,15 +1401,7 @@ fn registry_never_advertises_an_interface_unknown_to_the_tables() {
 fn policy_file_denial_hides_a_default_global() {
     let mut config = Harness::config();
     config.policy = Policy::from_toml("[globals]\nwl_seat = false\n").unwrap();
-    let mut h = Harness::with(config);
-    h.guest(
-        Requests::default()
-            .req(1, "wl_display", 1, &[Arg::NewId(id(2))])
-            .0,
-        vec![],
-    )
-    .unwrap();
-    h.host(standard_globals().0).unwrap();
+    let h = Harness::globals_seen(config);
     let seen = advertised(&h.out.to_guest);
     assert!(seen.iter().all(|g| g.1 != "wl_seat"));
     assert!(seen.iter().any(|g| g.1 == "wl_compositor"));
