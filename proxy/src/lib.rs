@@ -8,11 +8,12 @@
 //! ```
 //!
 //! The binary's `main` parses [`cli::Cli`], installs logging and calls [`run`]; tests call
-//! [`run`] the same way. Most commands are filled in by later issues: today only the wire
-//! contracts in `crossway-protocols` exist, and `demo` says what is still missing.
+//! [`run`] the same way. `demo` runs the whole chain (headless compositor, `serve`, the loopback
+//! VM with the guest agent and an app) as separate processes: [`demo`].
 
 pub mod cli;
 pub mod cross_domain;
+pub mod demo;
 pub mod fdstream;
 pub mod filter;
 pub mod headless;
@@ -23,7 +24,6 @@ pub mod setup;
 pub mod vm;
 
 use anyhow::Result;
-use crossway_protocols::tables::ProtocolTable;
 
 pub use cli::{Cli, Command};
 
@@ -34,7 +34,7 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     match cli.command {
-        Some(Command::Demo(args)) => demo(args),
+        Some(Command::Demo(args)) => return demo::run(args),
         Some(Command::Serve(args)) => serve::serve(args),
         Some(Command::Headless(args)) => run_headless(args),
         Some(Command::Filter(args)) => filter::run(args),
@@ -111,27 +111,6 @@ fn run_headless(args: cli::HeadlessArgs) -> Result<()> {
     let _ = std::fs::remove_file(&control);
     let _ = std::fs::remove_file(headless.socket_path());
     Ok(())
-}
-
-fn demo(args: cli::DemoArgs) -> Result<()> {
-    let table = ProtocolTable::builtin();
-    tracing::info!(
-        interfaces = table.len(),
-        globals = table.globals().len(),
-        "protocol tables loaded"
-    );
-    let report = format!(
-        "crossway-proxy demo: the end-to-end demo is not built yet.\n\
-         Built so far: the wire contracts (Wayland codec over {} interfaces, object maps,\n\
-         cross-domain commands, dmabuf format tables, the Crossway capset), the headless\n\
-         compositor (try: crossway-proxy headless --help) and the virtio-gpu vhost-user device\n\
-         (crossway-proxy serve --help).\n\
-         Still to come: the loopback VM, the cross-domain relay and the guest agent.\n\
-         Nothing was written to {}.\n",
-        table.len(),
-        args.out.display()
-    );
-    write_stdout(&report)
 }
 
 /// A command's real output goes to stdout; logs go to stderr.
