@@ -329,8 +329,10 @@ enum AppEnd {
 impl Demo {
     fn run(&self) -> Result<ExitCode> {
         let env = |cmd: &mut Command| {
+            // Logs go to files: no colour codes in them.
             cmd.env("XDG_RUNTIME_DIR", &self.dir)
                 .env("TMPDIR", &self.dir)
+                .env("NO_COLOR", "1")
                 .env_remove("DISPLAY");
         };
 
@@ -412,6 +414,7 @@ impl Demo {
         let mut progress = Progress::new(started);
         let mut sampler = StatsSampler {
             file: stats_file.clone(),
+            requested: None,
             last: None,
         };
         let shot = self.args.out.join("screenshot.png");
@@ -452,17 +455,22 @@ impl Demo {
                 next_tick += TICK;
                 let snapshot = sampler.sample(&serve);
                 progress.update(snapshot.as_ref(), "starting");
-                let shown = match &control {
-                    Some(c) => host_toplevels(c)
-                        .map(|t| t.iter().any(|t| t.mapped))
-                        .unwrap_or(false),
-                    None => snapshot.is_some_and(|s| s.total.frames > 0),
-                };
-                if shown {
-                    break Instant::now();
-                }
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // The embedded compositor is asked directly, often; a desktop only through serve's
+            // counters.
+            let shown = match &control {
+                Some(c) => host_toplevels(c)
+                    .map(|t| t.iter().any(|t| t.mapped))
+                    .unwrap_or(false),
+                None => sampler
+                    .last
+                    .as_ref()
+                    .is_some_and(|(_, s)| s.total.frames > 0),
+            };
+            if shown {
+                break Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(50));
         };
 
         // The round trips, while the app runs.
@@ -480,7 +488,9 @@ impl Demo {
             .map(|c| HostView::capture(c, &shot))
             .unwrap_or_default();
 
-        // Run.
+        // Run. Frame rate from the first and last samples taken while the window was up.
+        let mut steady: Option<(Instant, u64)> = None;
+        let mut steady_last: Option<(Instant, u64)> = None;
         let run_until = shown_at + Duration::from_secs_f64(self.args.duration);
         let end = loop {
             if self.stop.load(Ordering::Relaxed) {
@@ -497,6 +507,12 @@ impl Demo {
                 next_tick += TICK;
                 let snapshot = sampler.sample(&serve);
                 progress.update(snapshot.as_ref(), "running");
+                if let Some((at, s)) = snapshot
+                    && at >= shown_at
+                {
+                    steady.get_or_insert((at, s.total.frames));
+                    steady_last = Some((at, s.total.frames));
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -516,7 +532,7 @@ impl Demo {
         serve.stop();
         let relay = read_stats(&stats_file)
             .ok()
-            .or_else(|| sampler.last.clone())
+            .or_else(|| sampler.last.clone().map(|(_, s)| s))
             .unwrap_or_default();
 
         let report = Report::new(ReportInput {
@@ -529,6 +545,12 @@ impl Demo {
                 format!("{} ($WAYLAND_DISPLAY)", host_display.display())
             },
             ran_for,
+            steady_fps: match (steady, steady_last) {
+                (Some((t0, f0)), Some((t1, f1))) if t1.duration_since(t0) >= TICK => {
+                    Some(f1.saturating_sub(f0) as f64 / t1.duration_since(t0).as_secs_f64())
+                }
+                _ => None,
+            },
             end,
             relay,
             latency,
@@ -598,17 +620,21 @@ fn exit_code(status: ExitStatus) -> u8 {
 /// Reads `serve`'s stats file, asking for a fresh one each time.
 struct StatsSampler {
     file: PathBuf,
-    last: Option<VmSnapshot>,
+    /// When the file now on disk was asked for.
+    requested: Option<Instant>,
+    /// The latest counters and when they were asked for.
+    last: Option<(Instant, VmSnapshot)>,
 }
 
 impl StatsSampler {
-    /// The counters of the previous request (serve rewrites the file on SIGUSR1, atomically),
-    /// then asks for the next.
-    fn sample(&mut self, serve: &Supervised) -> Option<VmSnapshot> {
-        if let Ok(s) = read_stats(&self.file) {
-            self.last = Some(s);
+    /// The counters of the previous request (serve rewrites the file on SIGUSR1, atomically)
+    /// with the time of that request, then asks for the next.
+    fn sample(&mut self, serve: &Supervised) -> Option<(Instant, VmSnapshot)> {
+        if let (Some(at), Ok(s)) = (self.requested, read_stats(&self.file)) {
+            self.last = Some((at, s));
         }
         serve.signal(Signal::USR1);
+        self.requested = Some(Instant::now());
         self.last.clone()
     }
 }
@@ -698,16 +724,20 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, now: Option<&VmSnapshot>, phase: &str) {
+    /// Shows `now`, counters asked for at its instant.
+    fn update(&mut self, now: Option<&(Instant, VmSnapshot)>, phase: &str) {
         let t = Instant::now();
-        let empty = VmSnapshot::default();
-        let now = now.unwrap_or(&empty);
+        let empty = (t, VmSnapshot::default());
+        let (at, now) = now.unwrap_or(&empty);
         let rates = self
             .prev
             .as_ref()
-            .map(|(at, prev)| Rates::between(prev, now, t.duration_since(*at)));
+            .filter(|(prev_at, _)| at > prev_at)
+            .map(|(prev_at, prev)| Rates::between(prev, now, at.duration_since(*prev_at)));
         let line = progress_line(phase, t.duration_since(self.started), now, rates.as_ref());
-        self.prev = Some((t, now.clone()));
+        if rates.is_some() || self.prev.is_none() {
+            self.prev = Some((*at, now.clone()));
+        }
         let mut err = std::io::stderr().lock();
         if self.tty {
             let _ = write!(err, "\r{line}\x1b[K");
@@ -921,6 +951,7 @@ struct ReportInput<'a> {
     agent: bool,
     host: String,
     ran_for: Duration,
+    steady_fps: Option<f64>,
     end: AppEnd,
     relay: VmSnapshot,
     latency: std::result::Result<Latency, String>,
@@ -944,7 +975,8 @@ pub struct Report {
     pub app_end: String,
     /// Commits with a buffer attached, as the proxy's relay counted them.
     pub frames: u64,
-    /// `frames / seconds` (frames before the window appeared included).
+    /// Frames per second while the window was up, from `serve`'s counters sampled every
+    /// half second (`frames / seconds` when the run was too short to sample).
     pub fps: f64,
     /// Buffers by path.
     pub buffers: Buffers,
@@ -1031,15 +1063,15 @@ impl Report {
             host: i.host,
             seconds,
             app_end: match i.end {
-                AppEnd::StoppedAfterRun => "stopped after the run".into(),
+                AppEnd::StoppedAfterRun => "stopped by the demo at the end of the run".into(),
                 AppEnd::Interrupted => "interrupted".into(),
                 AppEnd::Exited(c) => format!("exited with {c}"),
             },
             frames: t.frames,
-            fps: if seconds > 0.0 {
-                t.frames as f64 / seconds
-            } else {
-                0.0
+            fps: match i.steady_fps {
+                Some(f) => f,
+                None if seconds > 0.0 => t.frames as f64 / seconds,
+                None => 0.0,
             },
             buffers: Buffers {
                 dmabuf_zero_copy: t.buffers_dmabuf_zero_copy,
@@ -1105,8 +1137,8 @@ impl Report {
             ));
         }
         s.push_str(&format!(
-            "  app: {} after {:.1} s; {} frames ({:.1} fps)\n",
-            self.app_end, self.seconds, self.frames, self.fps
+            "  app: {} frames ({:.1} fps) in {:.1} s with its window up; {}\n",
+            self.frames, self.fps, self.seconds, self.app_end
         ));
         let b = &self.buffers;
         s.push_str(&format!(

@@ -119,6 +119,7 @@ fn report(relay: VmSnapshot, latency: std::result::Result<Latency, String>) -> R
         agent: true,
         host: "embedded headless compositor".into(),
         ran_for: Duration::from_secs(2),
+        steady_fps: None,
         end: AppEnd::StoppedAfterRun,
         relay,
         latency,
