@@ -168,3 +168,40 @@ fn demo_guest_failing_before_its_window_is_an_error_with_its_log() -> anyhow::Re
     assert_eq!(processes_using(rt.path()), Vec::<String>::new());
     Ok(())
 }
+
+#[test]
+fn demo_host_mode_shows_the_window_on_wayland_display() -> anyhow::Result<()> {
+    use crossway_tests::ProxyProcess;
+    let rt = Runtime::new()?;
+    let desktop = ProxyProcess::start(&rt, "desktop", ["headless", "--socket", "desktop-0"])?;
+    let control = desktop.control.clone().unwrap();
+    let out = rt.path().join("out");
+    let proxy = workspace_binary("crossway-proxy")?;
+    let (code, stdout, stderr) = Process::spawn(
+        "crossway-proxy demo --host",
+        Command::new(proxy)
+            .env("XDG_RUNTIME_DIR", rt.path())
+            // A bare name, as a desktop session sets it.
+            .env("WAYLAND_DISPLAY", "desktop-0")
+            .args(["demo", "--no-agent", "--host", "--duration", "1", "--out"])
+            .arg(&out),
+    )?
+    .wait(Duration::from_secs(120))?;
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("stats.json"))?)?;
+    assert!(stats["screenshot"].is_null(), "{stats}");
+    assert!(stats["frames"].as_u64().unwrap() > 0, "{stats}");
+    assert!(
+        stats["host"].as_str().unwrap().contains("desktop-0"),
+        "{stats}"
+    );
+    assert!(!out.join("screenshot.png").exists());
+    // The desktop's compositor had the guest's client (the probe plus the window's).
+    let host = crossway_proxy::headless::control::request(
+        &control,
+        &serde_json::json!({ "stats": null }),
+    )?;
+    assert!(host["clients"].as_u64().unwrap() >= 1, "{host}");
+    assert!(host["shm_commits"].as_u64().unwrap() > 0, "{host}");
+    Ok(())
+}
