@@ -13,6 +13,8 @@
 //!   socket and one thread per client.
 
 pub mod channel;
+pub mod device;
+pub mod drm;
 
 use std::path::PathBuf;
 
