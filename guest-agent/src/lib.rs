@@ -13,6 +13,7 @@
 //!   socket and one thread per client.
 
 pub mod channel;
+pub mod damage;
 pub mod device;
 pub mod drm;
 
