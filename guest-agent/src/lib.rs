@@ -13,6 +13,9 @@
 //!   socket and one thread per client.
 
 pub mod channel;
+pub mod damage;
+pub mod device;
+pub mod drm;
 
 use std::path::PathBuf;
 
