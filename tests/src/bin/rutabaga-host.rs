@@ -1035,3 +1035,110 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn sink() -> (OwnedFd, Arc<EventSink>) {
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        rustix::fs::fcntl_setfl(&r, rustix::fs::OFlags::NONBLOCK).unwrap();
+        let s = Arc::new(EventSink {
+            fd: w,
+            dropped: AtomicBool::new(false),
+        });
+        (r, s)
+    }
+
+    fn events(r: &OwnedFd) -> usize {
+        let mut buf = [0u8; 256];
+        let n = rustix::io::read(r, &mut buf).unwrap_or(0);
+        let (evs, rest) = DrmEvent::decode_all(&buf[..n]);
+        assert_eq!(rest, Ok(()));
+        evs.len()
+    }
+
+    fn fence(ctx_id: u32, ring: Option<u8>, fence_id: u64) -> RutabagaFence {
+        RutabagaFence {
+            flags: RUTABAGA_FLAG_FENCE | ring.map_or(0, |_| RUTABAGA_FLAG_INFO_RING_IDX),
+            fence_id,
+            ctx_id,
+            ring_idx: ring.unwrap_or(0),
+        }
+    }
+
+    #[test]
+    fn fences_signal_releases_earlier_on_timeline_with_one_event_each() {
+        let f = Fences::default();
+        let (r, s) = sink();
+        f.add((1, Some(1)), 3, Some(s.clone()));
+        f.add((1, Some(1)), 5, Some(s.clone()));
+        f.add((1, Some(1)), 9, Some(s));
+        f.add((1, Some(0)), 4, None);
+        f.signal(fence(1, Some(1), 5));
+        assert_eq!(events(&r), 2);
+        assert!(!f.is_pending((1, Some(1)), 3));
+        assert!(f.is_pending((1, Some(1)), 9));
+        assert!(f.is_pending((1, Some(0)), 4), "other ring untouched");
+        f.signal(fence(1, None, 100));
+        assert!(
+            f.is_pending((1, Some(0)), 4),
+            "ringless fence is its own timeline"
+        );
+        f.signal(fence(1, Some(0), 4));
+        assert!(!f.is_pending((1, Some(0)), 4));
+        assert_eq!(events(&r), 0, "query ring has no events");
+    }
+
+    #[test]
+    fn fences_wait_times_out_then_cancel_and_forget_release() {
+        let f = Fences::default();
+        f.add((2, Some(1)), 1, None);
+        assert!(!f.wait((2, Some(1)), 1, Duration::from_millis(20)));
+        f.cancel((2, Some(1)), 1);
+        assert!(f.wait((2, Some(1)), 1, Duration::from_millis(20)));
+        f.add((3, None), 7, None);
+        f.forget_context(3);
+        assert!(!f.is_pending((3, None), 7));
+    }
+
+    #[test]
+    fn wayland_path_name_is_in_runtime_dir_path_is_kept() {
+        assert_eq!(
+            wayland_path("/run/x/wayland-1").unwrap(),
+            PathBuf::from("/run/x/wayland-1")
+        );
+        if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+            assert_eq!(
+                wayland_path("wayland-9").unwrap(),
+                Path::new(&dir).join("wayland-9")
+            );
+        }
+    }
+
+    #[test]
+    fn writable_copy_of_sealed_memfd_has_its_bytes() {
+        let fd = rustix::fs::memfd_create(
+            "t",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::io::write(&fd, b"xkb_keymap {").unwrap();
+        rustix::fs::fcntl_add_seals(
+            &fd,
+            rustix::fs::SealFlags::WRITE | rustix::fs::SealFlags::SHRINK,
+        )
+        .unwrap();
+        let copy = writable_copy(&fd, PAGE).unwrap();
+        let map = map_fd(&copy, PAGE).unwrap();
+        let mut b = [0u8; 12];
+        map.read_at(0, &mut b).unwrap();
+        assert_eq!(&b, b"xkb_keymap {");
+        map.write_at(0, b"x").unwrap();
+        assert!(
+            map_fd(&fd, PAGE).is_err(),
+            "the sealed original maps read-only only"
+        );
+    }
+}
