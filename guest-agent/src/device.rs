@@ -140,9 +140,11 @@ pub enum DeviceError {
     },
 }
 
-/// The first `/dev/dri/renderD*` (by minor number) whose driver is virtio_gpu: decided by the
-/// sysfs link `/sys/class/drm/renderDN/device/driver`, or, where sysfs does not describe the
-/// node, by `DRM_IOCTL_VERSION` on the node itself.
+/// The first `/dev/dri/renderD*` (by minor number) whose driver is virtio_gpu: the sysfs link
+/// `/sys/class/drm/renderDN/device/driver` when it names virtio_gpu, else `DRM_IOCTL_VERSION`
+/// on the node itself. The link alone is not enough: virtio_gpu registers its DRM device on
+/// the transport's device, so on virtio-pci (QEMU's `virtio-gpu-pci`, `vhost-user-gpu-pci`)
+/// the link names `virtio-pci`.
 pub fn find_virtio_render_node() -> Option<PathBuf> {
     find_render_node_in(
         Path::new(DRM_DEV_DIR),
@@ -178,11 +180,11 @@ fn find_render_node_in(
     nodes.sort();
     nodes.into_iter().find_map(|(_, name)| {
         let node = dev_dir.join(&name);
-        let driver = match std::fs::read_link(sys_dir.join(&name).join("device/driver")) {
-            Ok(link) => link.file_name()?.to_str()?.to_owned(),
-            Err(_) => probe(&node)?,
-        };
-        (driver == VIRTIO_GPU_DRIVER).then_some(node)
+        let sysfs = std::fs::read_link(sys_dir.join(&name).join("device/driver")).ok();
+        if sysfs.is_some_and(|l| l.file_name().is_some_and(|f| f == VIRTIO_GPU_DRIVER)) {
+            return Some(node);
+        }
+        (probe(&node)? == VIRTIO_GPU_DRIVER).then_some(node)
     })
 }
 
@@ -490,9 +492,20 @@ mod tests {
                 ("card0", Some("virtio_gpu")),
             ],
         );
-        let found = find_render_node_in(&dev, &sys, |_| panic!("probed despite sysfs"));
+        let found = find_render_node_in(&dev, &sys, |p| {
+            assert!(p.ends_with("renderD128"), "probed {p:?} despite sysfs");
+            Some("i915".into())
+        });
         std::fs::remove_dir_all(root).unwrap();
         assert_eq!(found, Some(dev.join("renderD129")));
+    }
+
+    #[test]
+    fn find_render_node_virtio_pci_link_asks_the_node() {
+        let (root, dev, sys) = fake_tree("pci", &[("renderD128", Some("virtio-pci"))]);
+        let found = find_render_node_in(&dev, &sys, |_| Some("virtio_gpu".into()));
+        std::fs::remove_dir_all(root).unwrap();
+        assert_eq!(found, Some(dev.join("renderD128")));
     }
 
     #[test]

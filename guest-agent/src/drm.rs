@@ -19,9 +19,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crossway_protocols::virtgpu::{
-    BlobHandles, VIRTGPU_EXECBUF_FENCE_FD_IN, VIRTGPU_EXECBUF_FENCE_FD_OUT, VirtGpu, VirtGpuError,
-    VirtGpuMapping, drm_virtgpu_context_set_param, drm_virtgpu_execbuffer,
-    drm_virtgpu_resource_create_blob, drm_virtgpu_resource_info,
+    BlobHandles, VIRTGPU_EXECBUF_FENCE_FD_IN, VIRTGPU_EXECBUF_FENCE_FD_OUT,
+    VIRTGPU_PARAM_SUPPORTED_CAPSET_IDS, VirtGpu, VirtGpuError, VirtGpuMapping,
+    drm_virtgpu_context_set_param, drm_virtgpu_execbuffer, drm_virtgpu_resource_create_blob,
+    drm_virtgpu_resource_info,
 };
 use rustix::io::Errno;
 use rustix::ioctl::{Ioctl, IoctlOutput, Opcode, opcode};
@@ -414,6 +415,30 @@ fn open_rw(path: &Path) -> Result<OwnedFd, std::io::Error> {
     .map_err(Into::into)
 }
 
+/// `VIRTGPU_PARAM_SUPPORTED_CAPSET_IDs` as the trait means it (bit `1 << id` per capset),
+/// from what the kernel reported and a test of whether capset `id` exists.
+///
+/// Linux up to at least 6.12 builds the mask with a 32-bit shift (`1 << id` in
+/// `virtio_gpu_get_capsets`), so on x86 a capset id of 32..64 shows up as bit `id - 32`
+/// (measured: capsets 5 and 48 read as `0x10020`, `tests/vm/run agent-device`). GET_CAPS
+/// itself looks capsets up by id and is right, so each low bit is checked against both ids
+/// it may stand for. A mask with high bits set came from a fixed kernel and is kept.
+pub fn repair_capset_mask(reported: u64, mut exists: impl FnMut(u32) -> bool) -> u64 {
+    if reported >> 32 != 0 {
+        return reported;
+    }
+    let mut mask = reported;
+    for bit in (0..32).filter(|b| reported & (1 << b) != 0) {
+        if exists(bit + 32) {
+            mask |= 1 << (bit + 32);
+            if !exists(bit) {
+                mask &= !(1 << bit);
+            }
+        }
+    }
+    mask
+}
+
 /// One open virtio_gpu render node: one DRM file, so at most one context, its GEM handles and
 /// its event queue (the fd itself).
 #[derive(Debug)]
@@ -421,6 +446,7 @@ pub struct RenderNode {
     fd: OwnedFd,
     path: PathBuf,
     rdev: u64,
+    capset_mask: Option<u64>,
 }
 
 impl RenderNode {
@@ -442,6 +468,7 @@ impl RenderNode {
             fd,
             path: path.to_owned(),
             rdev,
+            capset_mask: None,
         })
     }
 
@@ -453,6 +480,42 @@ impl RenderNode {
     /// `st_rdev` of the node (the `dev_t` dmabuf feedback names).
     pub fn rdev(&self) -> u64 {
         self.rdev
+    }
+
+    fn get_param_raw(&self, param: u64) -> Result<u64, VirtGpuError> {
+        let mut value = 0u64;
+        let mut p = drm_virtgpu_getparam {
+            param,
+            value: user_ptr(&raw mut value),
+        };
+        // SAFETY: `value` points to a live u64, the one the kernel writes.
+        unsafe { drm_ioctl(self.fd.as_fd(), &mut p) }
+            .map_err(|e| errno_to_error("GETPARAM", None, e))?;
+        Ok(value)
+    }
+
+    /// One `GET_CAPS` into `dst` (the kernel writes at most `dst.len()` bytes).
+    fn get_caps_raw(
+        &self,
+        cap_set_id: u32,
+        cap_set_ver: u32,
+        dst: &mut [u8],
+    ) -> Result<(), VirtGpuError> {
+        if dst.is_empty() {
+            // The kernel refuses size 0 with EINVAL too; say why.
+            return Err(VirtGpuError::InvalidArgument("GET_CAPS of 0 bytes"));
+        }
+        let mut c = drm_virtgpu_get_caps {
+            cap_set_id,
+            cap_set_ver,
+            addr: user_ptr(dst.as_mut_ptr()),
+            size: u32::try_from(dst.len())
+                .map_err(|_| VirtGpuError::InvalidArgument("GET_CAPS buffer over 4 GiB"))?,
+            pad: 0,
+        };
+        // SAFETY: `addr` points to `dst`, `size` (= dst.len()) bytes, live for the call.
+        unsafe { drm_ioctl(self.fd.as_fd(), &mut c) }
+            .map_err(|e| errno_to_error("GET_CAPS", None, e))
     }
 
     /// `MAP` + `mmap` of `size` bytes.
@@ -473,15 +536,26 @@ impl VirtGpu for RenderNode {
     type Mapping = DrmMapping;
 
     fn get_param(&mut self, param: u64) -> Result<u64, VirtGpuError> {
-        let mut value = 0u64;
-        let mut p = drm_virtgpu_getparam {
-            param,
-            value: user_ptr(&raw mut value),
-        };
-        // SAFETY: `value` points to a live u64, the one the kernel writes.
-        unsafe { drm_ioctl(self.fd.as_fd(), &mut p) }
-            .map_err(|e| errno_to_error("GETPARAM", None, e))?;
-        Ok(value)
+        if param == VIRTGPU_PARAM_SUPPORTED_CAPSET_IDS {
+            if let Some(mask) = self.capset_mask {
+                return Ok(mask);
+            }
+            let reported = self.get_param_raw(param)?;
+            let mask = repair_capset_mask(reported, |id| {
+                self.get_caps_raw(id, 0, &mut [0u8; 1]).is_ok()
+            });
+            if mask != reported {
+                tracing::info!(
+                    reported = format_args!("{reported:#x}"),
+                    repaired = format_args!("{mask:#x}"),
+                    "the kernel reports capset ids of 32 and above modulo 32; mask repaired \
+                     with GET_CAPS"
+                );
+            }
+            self.capset_mask = Some(mask);
+            return Ok(mask);
+        }
+        self.get_param_raw(param)
     }
 
     fn get_caps(
@@ -493,27 +567,10 @@ impl VirtGpu for RenderNode {
         // The kernel copies min(size, the capset's max_size) bytes and says nothing of the
         // size, so read twice into buffers filled differently: the bytes it wrote agree, the
         // ones it left do not. The second read is served from the kernel's capset cache.
-        if buf.is_empty() {
-            return Err(VirtGpuError::InvalidArgument("GET_CAPS of 0 bytes"));
-        }
-        let size = u32::try_from(buf.len())
-            .map_err(|_| VirtGpuError::InvalidArgument("GET_CAPS buffer over 4 GiB"))?;
-        let read = |dst: &mut [u8]| -> Result<(), VirtGpuError> {
-            let mut c = drm_virtgpu_get_caps {
-                cap_set_id,
-                cap_set_ver,
-                addr: user_ptr(dst.as_mut_ptr()),
-                size,
-                pad: 0,
-            };
-            // SAFETY: `addr` points to `dst`, `size` (= dst.len()) bytes, live for the call.
-            unsafe { drm_ioctl(self.fd.as_fd(), &mut c) }
-                .map_err(|e| errno_to_error("GET_CAPS", None, e))
-        };
         buf.fill(0);
-        read(buf)?;
+        self.get_caps_raw(cap_set_id, cap_set_ver, buf)?;
         let mut other = vec![0xffu8; buf.len()];
-        read(&mut other)?;
+        self.get_caps_raw(cap_set_id, cap_set_ver, &mut other)?;
         Ok(buf
             .iter()
             .zip(&other)
@@ -867,6 +924,31 @@ mod tests {
             0xc020_64b2
         );
         assert_eq!(<drm_mode_map_dumb as DrmIoctl>::OPCODE as u64, 0xc010_64b3);
+    }
+
+    #[test]
+    fn repair_capset_mask_moves_high_ids_back() {
+        // Capsets 5 and 48 as Linux 6.12 reports them: bits 5 and 16.
+        assert_eq!(
+            repair_capset_mask(0x10020, |id| id == 5 || id == 48),
+            (1 << 48) | (1 << 5)
+        );
+        // Both 16 and 48 exist: both bits.
+        assert_eq!(
+            repair_capset_mask(1 << 16, |id| id == 16 || id == 48),
+            (1 << 48) | (1 << 16)
+        );
+        // Low ids only: unchanged.
+        assert_eq!(repair_capset_mask(0x22, |id| id == 1 || id == 5), 0x22);
+    }
+
+    #[test]
+    fn repair_capset_mask_fixed_kernel_is_kept() {
+        let mask = (1u64 << 48) | (1 << 5);
+        assert_eq!(
+            repair_capset_mask(mask, |_| panic!("probed a fixed kernel's mask")),
+            mask
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = Limits::default().max_contexts)]
     pub max_contexts: u32,
     /// Size of the host-visible window offered for HOST3D blobs (0: none).
-    #[arg(long, default_value_t = 1 << 30)]
+    #[arg(long, default_value_t = 4 << 30)]
     pub host_visible_size: u64,
     /// Never use udmabuf: copy guest blobs into host memfds.
     #[arg(long)]
@@ -88,6 +88,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         }
         _ => bail!("serve needs exactly one of --socket-path or --fd"),
     };
+    if args.no_udmabuf {
+        tracing::info!("--no-udmabuf: guest blobs are copied into host memfds");
+    }
     if args.virgl {
         tracing::warn!("--virgl accepted but ignored: Crossway does not render virgl");
     }
