@@ -891,21 +891,20 @@ impl<D: VirtGpu> Session<D> {
         let src_ranges = copy_ranges(&b.layout, &region, b.source_size)
             .map_err(|e| client_err(buffer, code::INVALID_OBJECT, e.to_string()))?;
         let blob = &self.blobs[&b.bo].blob;
-        let dst_ranges = match &b.blob_layout {
-            None => src_ranges.clone(),
-            Some(l) => copy_ranges(l, &region, blob.size)
-                .map_err(|e| host_err(format!("blob layout: {e}")))?,
+        let plan = match &b.blob_layout {
+            None => src_ranges
+                .iter()
+                .map(|r| (r.start, r.start, r.end - r.start))
+                .collect(),
+            Some(dst) => relayout(&b.layout, dst, &src_ranges)
+                .ok_or_else(|| host_err("the blob's layout does not hold the buffer"))?,
         };
-        if src_ranges.len() != dst_ranges.len() {
-            return Err(host_err("source and blob layouts disagree"));
-        }
         let mut copied = 0;
-        for (src, dst) in src_ranges.iter().zip(&dst_ranges) {
-            let len = src.end - src.start;
-            if len != dst.end - dst.start {
-                return Err(host_err("source and blob rows disagree"));
+        for (src, dst, len) in plan {
+            if dst.checked_add(len).is_none_or(|end| end > blob.size) {
+                return Err(host_err("the blob's layout does not hold the buffer"));
             }
-            read_into(&b.file, src.start, &blob.mapping, dst.start, len).map_err(|e| {
+            read_into(&b.file, src, &blob.mapping, dst, len).map_err(|e| {
                 client_err(
                     buffer,
                     code::INVALID_OBJECT,
@@ -1495,6 +1494,42 @@ fn is_fifo(fd: BorrowedFd<'_>) -> bool {
 /// Bytes per pixel of single-plane RGB DRM fourccs a copied dmabuf may use.
 fn fourcc_bytes_per_pixel(fourcc: u32) -> Option<u32> {
     crate::damage::shm_bytes_per_pixel(fourcc).filter(|_| fourcc > 1)
+}
+
+/// Where the bytes of `ranges` (in a buffer laid out as `src`) go in the same buffer laid out
+/// as `dst` (another offset or stride): `(source offset, destination offset, length)` pieces,
+/// a range that spans rows split at row ends. `None` when a range is not within pixel rows.
+fn relayout(
+    src: &BufferLayout,
+    dst: &BufferLayout,
+    ranges: &[std::ops::Range<u64>],
+) -> Option<Vec<(u64, u64, u64)>> {
+    let src_stride = u64::try_from(src.stride).ok().filter(|s| *s > 0)?;
+    let dst_stride = u64::try_from(dst.stride).ok()?;
+    let row_bytes = u64::try_from(src.width).ok()? * u64::from(src.bytes_per_pixel);
+    let mut plan = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let mut at = r.start;
+        while at < r.end {
+            let rel = at.checked_sub(src.offset)?;
+            let (row, x) = (rel / src_stride, rel % src_stride);
+            if x >= row_bytes {
+                return None;
+            }
+            let len = (r.end - at).min(row_bytes - x);
+            let to = dst
+                .offset
+                .checked_add(row.checked_mul(dst_stride)?)?
+                .checked_add(x)?;
+            plan.push((at, to, len));
+            at += len;
+            if at < r.end {
+                // Coalesced rows: skip the padding to the next row's start.
+                at = src.offset + (row + 1) * src_stride;
+            }
+        }
+    }
+    Some(plan)
 }
 
 fn full_region(width: i32, height: i32) -> Region {

@@ -12,7 +12,6 @@
 
 mod loopback_cross_domain_common;
 
-use std::io::Write as _;
 use std::os::fd::AsFd as _;
 use std::time::{Duration, Instant};
 
@@ -235,23 +234,6 @@ fn paste(test: &str, extra: &[&str]) {
     let mut args = vec!["clipboard-paste"];
     args.extend_from_slice(extra);
     let (code, lines, err) = s.run(XDG_GUEST, &args);
-    if code == Some(1)
-        && lines
-            == [
-                "configured",
-                "failed: CMD_SEND failed: device answered 0x1200",
-            ]
-    {
-        // xd-guest backs its 1x1 focus window with a guest blob, which rutabaga refuses in
-        // SEND (it forwards only blobs with a host handle): the scenario needs the HOST3D
-        // path on hosts without CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND before it can run here.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP: {test}: crossway-xd-guest clipboard-paste sends a guest blob (its focus \
-             window's pool), which a rutabaga host refuses; it needs the HOST3D buffer path"
-        );
-        return;
-    }
     assert_eq!(
         code,
         Some(0),
