@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use crossway_proxy::headless::Image;
+use wayland_client::protocol::{wl_registry, wl_seat};
+use wayland_protocols_misc::zwp_virtual_keyboard_v1::client::{
+    zwp_virtual_keyboard_manager_v1 as vk_manager, zwp_virtual_keyboard_v1 as vk,
+};
 
 use crate::{ProxyProcess, Runtime, require, workspace_binary};
 
@@ -228,6 +232,9 @@ enum Running {
         swaymsg: Option<PathBuf>,
         ipc: Option<PathBuf>,
         /// sway's own runtime directory, owned by [`SWAY_USER`]; removed on drop.
+        /// A virtual keyboard (the headless backend has no input device, and without a
+        /// keyboard no client gets the focus a clipboard selection needs).
+        _keyboard: wayland_client::Connection,
         _dir: tempfile::TempDir,
     },
 }
@@ -448,12 +455,15 @@ impl Host {
                     .and_then(OsStr::to_str)
                     .is_some_and(|n| n.starts_with("sway-ipc."))
             });
+        let keyboard = virtual_keyboard(&display)
+            .with_context(|| format!("virtual keyboard on sway\n{}", read_logs(log)))?;
         Ok(Some((
             Running::Sway {
                 process,
                 grim,
                 swaymsg,
                 ipc,
+                _keyboard: keyboard,
                 _dir: dir,
             },
             display,
@@ -622,6 +632,77 @@ fn sway_window_titles(node: &serde_json::Value, out: &mut BTreeSet<String>) {
             sway_window_titles(child, out);
         }
     }
+}
+
+/// The keymap of [`virtual_keyboard`]: a US layout from the system's xkb data (sway compiles
+/// it with xkbcommon). Null-terminated, as the protocol wants.
+const KEYMAP: &str = "xkb_keymap {
+    xkb_keycodes { include \"evdev+aliases(qwerty)\" };
+    xkb_types { include \"complete\" };
+    xkb_compat { include \"complete\" };
+    xkb_symbols { include \"pc+us+inet(evdev)\" };
+};
+\0";
+
+/// State of the virtual keyboard's connection while it binds its globals.
+#[derive(Debug, Default)]
+struct KeyboardSetup {
+    seat: Option<wl_seat::WlSeat>,
+    manager: Option<vk_manager::ZwpVirtualKeyboardManagerV1>,
+}
+
+impl wayland_client::Dispatch<wl_registry::WlRegistry, ()> for KeyboardSetup {
+    fn event(
+        state: &mut Self,
+        registry: &wl_registry::WlRegistry,
+        event: wl_registry::Event,
+        _: &(),
+        _: &wayland_client::Connection,
+        qh: &wayland_client::QueueHandle<Self>,
+    ) {
+        if let wl_registry::Event::Global {
+            name, interface, ..
+        } = event
+        {
+            match interface.as_str() {
+                "wl_seat" if state.seat.is_none() => {
+                    state.seat = Some(registry.bind(name, 1, qh, ()));
+                }
+                "zwp_virtual_keyboard_manager_v1" => {
+                    state.manager = Some(registry.bind(name, 1, qh, ()));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+wayland_client::delegate_noop!(KeyboardSetup: ignore wl_seat::WlSeat);
+wayland_client::delegate_noop!(KeyboardSetup: vk_manager::ZwpVirtualKeyboardManagerV1);
+wayland_client::delegate_noop!(KeyboardSetup: vk::ZwpVirtualKeyboardV1);
+
+/// Connects to `display`, gives its seat a virtual keyboard, and returns the connection: the
+/// keyboard lives as long as it does.
+fn virtual_keyboard(display: &Path) -> Result<wayland_client::Connection> {
+    use std::os::fd::AsFd as _;
+    let stream = std::os::unix::net::UnixStream::connect(display)?;
+    let conn = wayland_client::Connection::from_socket(stream)?;
+    let mut queue = conn.new_event_queue();
+    let qh = queue.handle();
+    conn.display().get_registry(&qh, ());
+    let mut state = KeyboardSetup::default();
+    queue.roundtrip(&mut state)?;
+    let (Some(seat), Some(manager)) = (state.seat.take(), state.manager.take()) else {
+        bail!("no wl_seat or zwp_virtual_keyboard_manager_v1");
+    };
+    let keyboard = manager.create_virtual_keyboard(&seat, &qh, ());
+    let fd = rustix::fs::memfd_create("crossway-keymap", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(KEYMAP.as_bytes())?;
+    // 1: WL_KEYBOARD_KEYMAP_FORMAT_XKB_V1.
+    keyboard.keymap(1, file.as_fd(), KEYMAP.len() as u32);
+    queue.roundtrip(&mut state)?;
+    Ok(conn)
 }
 
 /// `(uid, gid, home)` of [`SWAY_USER`], created (system account, no login) if missing. `None`
