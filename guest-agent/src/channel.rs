@@ -42,7 +42,7 @@ use zerocopy::FromBytes;
 /// cache them too; a client resizing through many sizes must not grow the cache forever).
 pub const DEFAULT_MAX_IMAGE_CACHE: usize = 256;
 /// Largest blob the channel creates or maps by default (a 8K ARGB frame is 128 MiB).
-pub const DEFAULT_MAX_BLOB_SIZE: u64 = 256 << 20;
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 512 << 20;
 
 /// Settings of a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl Default for ChannelConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
     /// A virtgpu call failed.
-    #[error("{op} failed")]
+    #[error("{op} failed: {source}")]
     Device {
         /// The ioctl or command.
         op: &'static str,

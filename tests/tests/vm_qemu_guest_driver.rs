@@ -1,6 +1,7 @@
 //! A real Linux guest driver against our device: QEMU 10 (TCG) boots bookworm's 6.12 kernel with
 //! a `vhost-user-gpu-pci` device served by `crossway-proxy serve`; the guest's virtio_gpu driver
-//! probes it, counts its capsets and runs fbcon on its framebuffer.
+//! probes it, counts its capsets and runs fbcon on its framebuffer; and the agent's virtgpu
+//! device code makes real ioctls on the guest's render node.
 //!
 //! The harness is `tests/vm/run`, which fetches QEMU and the kernel with apt into a cache
 //! outside the repository and exits with 77 when it cannot (no network, not Debian amd64).
@@ -9,14 +10,20 @@
 use std::io::Write as _;
 use std::process::Command;
 
-#[test]
-fn linux_guest_probes_device_counts_capsets_and_runs_console() {
+/// Runs `tests/vm/run SCENARIO`; false when it skipped (reported as `SKIP:`).
+#[allow(clippy::print_stdout, clippy::print_stderr)] // the harness's report is the test's output
+fn run_scenario(scenario: &str, test: &str) -> bool {
     let proxy = crossway_tests::workspace_binary("crossway-proxy").unwrap();
+    // The binaries scenarios ship into the guest (`scenario_binaries`) are this package's.
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_crossway-virtgpu-probe"))
+        .parent()
+        .unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/vm/run");
     // The script bounds the VM with its own hard timeout and apt with its network timeouts.
     let out = Command::new(script)
-        .arg("device-probe")
+        .arg(scenario)
         .env("CROSSWAY_PROXY", &proxy)
+        .env("CROSSWAY_BIN_DIR", bin_dir)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -30,13 +37,29 @@ fn linux_guest_probes_device_counts_capsets_and_runs_console() {
             .unwrap_or("tests/vm/run could not obtain QEMU 10 or the guest kernel");
         // Straight to the process's stderr, past the harness's capture: scripts/test counts
         // these lines as skips.
-        let _ = writeln!(std::io::stderr(), "SKIP: vm_qemu_guest_driver: {reason}");
-        return;
+        let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
+        return false;
     }
     assert!(
         out.status.success(),
-        "tests/vm/run device-probe: {}\n{stdout}{stderr}",
+        "tests/vm/run {scenario}: {}\n{stdout}{stderr}",
         out.status
     );
     println!("{stdout}");
+    true
+}
+
+#[test]
+fn linux_guest_probes_device_counts_capsets_and_runs_console() {
+    run_scenario("device-probe", "vm_qemu_guest_driver");
+}
+
+/// The agent's device code on a real kernel: `crossway-virtgpu-probe` inside the guest opens
+/// `/dev/dri/renderD128` through `crossway_agent::device::AgentDevice` (found by
+/// `find_virtio_render_node`) and makes the real virtgpu ioctls; what QEMU 10 does not forward
+/// (CONTEXT_INIT, RESOURCE_CREATE_BLOB) must fail with EINVAL, everything else must work
+/// (tests/vm/scenarios/agent-device.sh lists each check).
+#[test]
+fn linux_guest_agent_device_real_ioctls_on_render_node() {
+    run_scenario("agent-device", "vm_qemu_guest_driver agent-device");
 }

@@ -99,7 +99,7 @@ impl Default for DeviceConfig {
             }),
             limits: Limits::default(),
             export_mode: ExportMode::Auto,
-            host_visible_size: 1 << 30,
+            host_visible_size: 4 << 30,
         }
     }
 }

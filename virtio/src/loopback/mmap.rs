@@ -17,11 +17,13 @@ pub struct Piece<'a> {
     pub len: usize,
 }
 
-/// A shared, read-write mapping; unmapped on drop.
+/// A shared mapping, read-write unless a piece's file is read-only (a sealed host item);
+/// unmapped on drop.
 #[derive(Debug)]
 pub struct Mapping {
     ptr: *mut u8,
     len: usize,
+    writable: bool,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; access goes through
@@ -70,27 +72,42 @@ impl Mapping {
         if base == libc::MAP_FAILED {
             return Err(VirtGpuError::OutOfMemory("address space"));
         }
-        let mapping = Mapping {
+        let mut mapping = Mapping {
             ptr: base.cast(),
             len: total,
+            writable: true,
         };
         let mut at = 0usize;
         for p in pieces {
             let off = libc::off_t::try_from(p.offset)
                 .map_err(|_| VirtGpuError::InvalidArgument("offset"))?;
-            // SAFETY: `at + p.len <= total` (summed above), so the fixed address lies inside
-            // the reservation this function owns; MAP_FIXED replaces only that part of it. The
-            // fd is borrowed and open for the call.
-            let r = unsafe {
-                libc::mmap(
-                    mapping.ptr.add(at).cast(),
-                    p.len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
-                    p.fd.as_raw_fd(),
-                    off,
-                )
+            let start = mapping.ptr;
+            let map = |prot| {
+                // SAFETY: `at + p.len <= total` (summed above), so the fixed address lies
+                // inside the reservation this function owns; MAP_FIXED replaces only that part
+                // of it. The fd is borrowed and open for the call.
+                unsafe {
+                    libc::mmap(
+                        start.add(at).cast(),
+                        p.len,
+                        prot,
+                        libc::MAP_SHARED | libc::MAP_FIXED,
+                        p.fd.as_raw_fd(),
+                        off,
+                    )
+                }
             };
+            let mut r = map(libc::PROT_READ | libc::PROT_WRITE);
+            if r == libc::MAP_FAILED
+                && matches!(
+                    std::io::Error::last_os_error().raw_os_error(),
+                    Some(libc::EACCES | libc::EPERM)
+                )
+            {
+                // A read-only file (the host sealed it): the whole mapping is read-only.
+                r = map(libc::PROT_READ);
+                mapping.writable = false;
+            }
             if r == libc::MAP_FAILED {
                 return Err(VirtGpuError::Os(
                     std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
@@ -130,6 +147,9 @@ impl VirtGpuMapping for Mapping {
 
     fn write_at(&self, offset: usize, data: &[u8]) -> Result<(), VirtGpuError> {
         self.check(offset, data.len())?;
+        if !self.writable {
+            return Err(VirtGpuError::InvalidArgument("the mapping is read-only"));
+        }
         // SAFETY: as in `read_at`; the range is mapped writable.
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len());

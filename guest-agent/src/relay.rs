@@ -1,0 +1,1535 @@
+//! The relay of one guest client: every message in both directions is parsed with the
+//! protocol tables and an object map, and forwarded unchanged unless its fds must be
+//! translated (they cannot cross the VM boundary) or the host's format advertisement must be
+//! narrowed to what the guest can allocate.
+//!
+//! ```text
+//!  client ──wire bytes + fds──▶ Session::client_input ──SEND (≤ 3744 B, ≤ 28 ids)──▶ channel
+//!  client ◀──wire bytes + fds── Session::host_input ◀──RECEIVE (bytes + items)───── channel
+//! ```
+//!
+//! What becomes of each fd (guest → host):
+//! - `wl_shm.create_pool`: the pool is backed by a blob of the same size (a guest blob where
+//!   the host accepts them, else a HOST3D blob the host allocated); at each commit the damaged
+//!   rows of the surface's buffer are copied from the client's pool into the blob
+//!   ([`crate::damage`]), so the host sees a pool on the blob.
+//! - `zwp_linux_buffer_params_v1.add`: a virtio-gpu dmabuf goes by its resource id (PRIME
+//!   import, RESOURCE_INFO); any other dmabuf is copied into a blob at each commit.
+//! - a pipe (`wl_data_offer.receive` and the like): a read pipe; the host's READs are written
+//!   into it.
+//!
+//! and host → guest: blob items (keymaps, format tables) become guest memfds of the exact
+//! size, sealed; write-pipe items become a local pipe whose reads go back as WRITEs.
+//!
+//! The session does no socket I/O: [`crate::server`] reads and writes the client socket and
+//! polls the fds this module hands out.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CStr;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt as _;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossway_protocols::capset::CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND;
+use crossway_protocols::cross_domain::{
+    CROSS_DOMAIN_MAX_IDENTIFIERS, CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA,
+};
+use crossway_protocols::dmabuf::{FormatModifier, FormatTable};
+use crossway_protocols::objects::ObjectMap;
+use crossway_protocols::tables::ProtocolTable;
+use crossway_protocols::virtgpu::{VirtGpu, VirtGpuMapping};
+use crossway_protocols::wire::{self, Arg, Message, ObjectId};
+
+use crate::channel::{Blob, Channel, ChannelError, HostItem, HostItemKind, SendId};
+use crate::damage::{BufferLayout, Rect, Region, StaleTracker, SurfaceDamage, copy_ranges};
+
+/// `wl_display.error` codes.
+mod code {
+    pub const INVALID_OBJECT: u32 = 0;
+    pub const INVALID_METHOD: u32 = 1;
+    pub const NO_MEMORY: u32 = 2;
+    pub const IMPLEMENTATION: u32 = 3;
+}
+
+/// DRM fourcc ARGB8888, the format the pool-sized HOST3D blobs are asked for.
+const ARGB8888: u32 = u32::from_le_bytes(*b"AR24");
+/// Width of the pool-sized HOST3D blobs: one 4096-byte row per page.
+const POOL_BLOB_WIDTH: u32 = 1024;
+/// `DRM_FORMAT_MOD_LINEAR`.
+const LINEAR: u64 = 0;
+/// GBM usage bits of the pool blobs (`GBM_BO_USE_LINEAR`).
+const GBM_BO_USE_LINEAR: u32 = 1 << 4;
+
+/// Limits of one guest client, all enforced before memory is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Largest `wl_shm` pool (bytes).
+    pub max_pool_bytes: u64,
+    /// Largest pool backed by a guest blob; larger ones use a HOST3D blob.
+    pub max_guest_blob_pool: u64,
+    /// Most live `wl_shm` pools plus copied dmabufs.
+    pub max_pools: usize,
+    /// Most live objects.
+    pub max_objects: usize,
+    /// Fds received but not yet matched to a message.
+    pub max_pending_fds: usize,
+    /// Bytes of one partial message kept between reads.
+    pub max_pending_bytes: usize,
+    /// Bytes queued for the client before it is dropped as not reading.
+    pub max_client_queue: usize,
+    /// Bytes queued towards one read pipe before its reader is dropped.
+    pub max_pipe_queue: usize,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_pool_bytes: 512 << 20,
+            max_guest_blob_pool: 64 << 20,
+            max_pools: 1024,
+            max_objects: 65_536,
+            max_pending_fds: 256,
+            max_pending_bytes: wire::MAX_MESSAGE_SIZE,
+            max_client_queue: 8 << 20,
+            max_pipe_queue: 4 << 20,
+        }
+    }
+}
+
+/// Settings a session shares with the others.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Limits.
+    pub limits: SessionLimits,
+    /// `dev_t` of the guest's render node: the dmabuf feedback's main and target device
+    /// become this one. `None` (the loopback device) keeps the host's.
+    pub guest_dev: Option<u64>,
+}
+
+/// Counters of the whole agent (all clients), for `--stats-file`.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    /// Clients accepted.
+    pub clients: AtomicU64,
+    /// Clients that ended with a protocol error sent by the agent.
+    pub clients_refused: AtomicU64,
+    /// Messages client → host.
+    pub messages_to_host: AtomicU64,
+    /// Messages host → client.
+    pub messages_to_guest: AtomicU64,
+    /// Wayland bytes client → host.
+    pub bytes_to_host: AtomicU64,
+    /// Wayland bytes host → client.
+    pub bytes_to_guest: AtomicU64,
+    /// SEND commands.
+    pub sends: AtomicU64,
+    /// Commits of a surface with a buffer.
+    pub frames: AtomicU64,
+    /// Bytes of the damage of those commits (buffer coordinates, clipped).
+    pub damaged_bytes: AtomicU64,
+    /// Bytes the agent copied from client memory into blobs.
+    pub bytes_copied: AtomicU64,
+    /// `wl_shm` pools, each backed by a blob.
+    pub shm_pools: AtomicU64,
+    /// Dmabufs forwarded by resource id (no copy).
+    pub dmabufs_forwarded: AtomicU64,
+    /// Dmabufs copied into a blob (not virtio-gpu resources).
+    pub dmabufs_copied: AtomicU64,
+    /// Host memfds (keymaps, format tables) turned into guest memfds.
+    pub host_items: AtomicU64,
+    /// Bytes through clipboard and drag-and-drop pipes, both ways.
+    pub pipe_bytes: AtomicU64,
+}
+
+impl AgentStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counters as a JSON object.
+    pub fn to_json(&self) -> String {
+        let fields: [(&str, &AtomicU64); 15] = [
+            ("clients", &self.clients),
+            ("clients_refused", &self.clients_refused),
+            ("messages_to_host", &self.messages_to_host),
+            ("messages_to_guest", &self.messages_to_guest),
+            ("bytes_to_host", &self.bytes_to_host),
+            ("bytes_to_guest", &self.bytes_to_guest),
+            ("sends", &self.sends),
+            ("frames", &self.frames),
+            ("damaged_bytes", &self.damaged_bytes),
+            ("bytes_copied", &self.bytes_copied),
+            ("shm_pools", &self.shm_pools),
+            ("dmabufs_forwarded", &self.dmabufs_forwarded),
+            ("dmabufs_copied", &self.dmabufs_copied),
+            ("host_items", &self.host_items),
+            ("pipe_bytes", &self.pipe_bytes),
+        ];
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("  \"{k}\": {}", v.load(Ordering::Relaxed)))
+            .collect();
+        format!("{{\n{}\n}}\n", body.join(",\n"))
+    }
+}
+
+/// Why a session ends.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client broke the protocol or a limit; it was sent `wl_display.error`.
+    #[error("client error on object {object} (code {code}): {message}")]
+    Client {
+        /// Object named in the error.
+        object: u32,
+        /// `wl_display.error` code.
+        code: u32,
+        /// What went wrong.
+        message: String,
+    },
+    /// The host sent something this agent cannot relay.
+    #[error("host: {0}")]
+    Host(String),
+    /// The channel failed.
+    #[error("channel: {0}")]
+    Channel(#[from] ChannelError),
+}
+
+fn client_err(object: u32, code: u32, message: impl Into<String>) -> SessionError {
+    SessionError::Client {
+        object,
+        code,
+        message: message.into(),
+    }
+}
+
+fn host_err(message: impl Into<String>) -> SessionError {
+    SessionError::Host(message.into())
+}
+
+/// Bytes and fds for the client, fds tagged with the offset of their message.
+#[derive(Debug, Default)]
+pub struct ToClient {
+    /// Wire bytes.
+    pub bytes: Vec<u8>,
+    /// Fds, each with the offset in `bytes` of the message that carries it.
+    pub fds: VecDeque<(usize, OwnedFd)>,
+}
+
+/// A host write-pipe item the client writes into: the agent reads the local pipe and WRITEs.
+#[derive(Debug)]
+pub struct HostWritePipe {
+    /// The host's pipe id.
+    pub id: u32,
+    /// Read end of the local pipe.
+    pub read: OwnedFd,
+}
+
+/// A read pipe: the host's READs for `id` go into `write`.
+#[derive(Debug)]
+pub struct ClientReadPipe {
+    /// Write end the client gave.
+    pub write: OwnedFd,
+    /// Bytes not yet written.
+    pub queue: VecDeque<u8>,
+    /// The host hung up: close once `queue` is empty.
+    pub hang_up: bool,
+}
+
+/// A blob shared by a pool (or copied dmabuf) and its buffers.
+struct SharedBlob<M> {
+    blob: Blob<M>,
+    refs: usize,
+}
+
+struct Pool {
+    /// The client's memory.
+    file: Rc<File>,
+    /// Bytes of the pool as the client sized it.
+    size: u64,
+    /// GEM handle of the blob behind it.
+    bo: u32,
+}
+
+/// A buffer whose content the agent copies into a blob at each commit.
+struct CopiedBuffer {
+    file: Rc<File>,
+    /// Bytes of the client's memory the layout may read.
+    source_size: u64,
+    bo: u32,
+    layout: BufferLayout,
+    /// The blob's layout when the host chose another stride or offset (HOST3D images).
+    blob_layout: Option<BufferLayout>,
+}
+
+#[derive(Default)]
+struct Surface {
+    damage: SurfaceDamage,
+    /// `Some(b)` after an attach not yet committed (`b` = null or a buffer).
+    pending: Option<Option<u32>>,
+    current: Option<u32>,
+}
+
+struct Plane {
+    fd: OwnedFd,
+    plane: u32,
+    offset: u32,
+    stride: u32,
+    modifier: u64,
+}
+
+/// One dmabuf feedback object's table translation.
+#[derive(Default)]
+struct FeedbackState {
+    /// Host table index → guest table index.
+    map: Vec<Option<u16>>,
+}
+
+/// One message being gathered for a SEND, with the identifiers of its fds.
+struct Outbound {
+    bytes: Vec<u8>,
+    ids: Vec<SendId>,
+    /// Fds waiting for a read-pipe id from the SEND (in `ids` order, only pipes).
+    pipes: Vec<OwnedFd>,
+}
+
+/// The relay state of one guest client and its channel.
+pub struct Session<D: VirtGpu> {
+    ch: Channel<D>,
+    config: Arc<SessionConfig>,
+    stats: Arc<AgentStats>,
+    map: ObjectMap,
+    client_pending: Vec<u8>,
+    client_fds: VecDeque<OwnedFd>,
+    host_pending: Vec<u8>,
+    host_items: VecDeque<HostItem>,
+    blobs: HashMap<u32, SharedBlob<D::Mapping>>,
+    pools: HashMap<u32, Pool>,
+    buffers: HashMap<u32, CopiedBuffer>,
+    /// Dmabuf buffers forwarded by resource: the GEM handles to close with them.
+    imported: HashMap<u32, Vec<u32>>,
+    surfaces: HashMap<u32, Surface>,
+    viewports: HashMap<u32, u32>,
+    stale: StaleTracker,
+    params: HashMap<u32, Vec<Plane>>,
+    /// `create` (not immed) params waiting for the host's `created`: what the buffer will be.
+    params_waiting: HashMap<u32, Option<CopiedBuffer>>,
+    params_imported: HashMap<u32, Vec<u32>>,
+    feedback: HashMap<u32, FeedbackState>,
+    outbound: Vec<Outbound>,
+    /// Pipes the host writes into.
+    pub read_pipes: HashMap<u32, ClientReadPipe>,
+    /// Pipes the client writes into, for the server to poll.
+    pub write_pipes: Vec<HostWritePipe>,
+    /// What goes to the client next.
+    pub to_client: ToClient,
+    /// The client was sent a protocol error: flush and close.
+    pub closing: bool,
+}
+
+impl<D: VirtGpu> std::fmt::Debug for Session<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("objects", &self.map.live())
+            .field("pools", &self.pools.len())
+            .field("buffers", &self.buffers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn id(o: ObjectId) -> u32 {
+    o.get()
+}
+
+fn shape(object: u32, iface: &str, name: &str) -> SessionError {
+    client_err(
+        object,
+        code::INVALID_METHOD,
+        format!("{iface}.{name}: unexpected arguments"),
+    )
+}
+
+impl<D: VirtGpu> Session<D> {
+    /// A session over an open channel.
+    pub fn new(ch: Channel<D>, config: Arc<SessionConfig>, stats: Arc<AgentStats>) -> Self {
+        let max_objects = config.limits.max_objects;
+        Session {
+            ch,
+            config,
+            stats,
+            map: ObjectMap::new(max_objects),
+            client_pending: Vec::new(),
+            client_fds: VecDeque::new(),
+            host_pending: Vec::new(),
+            host_items: VecDeque::new(),
+            blobs: HashMap::new(),
+            pools: HashMap::new(),
+            buffers: HashMap::new(),
+            imported: HashMap::new(),
+            surfaces: HashMap::new(),
+            viewports: HashMap::new(),
+            stale: StaleTracker::default(),
+            params: HashMap::new(),
+            params_waiting: HashMap::new(),
+            params_imported: HashMap::new(),
+            feedback: HashMap::new(),
+            outbound: Vec::new(),
+            read_pipes: HashMap::new(),
+            write_pipes: Vec::new(),
+            to_client: ToClient::default(),
+            closing: false,
+        }
+    }
+
+    /// The channel (for the server's poll and its host messages).
+    pub fn channel(&mut self) -> &mut Channel<D> {
+        &mut self.ch
+    }
+
+    /// Queues `wl_display.error` for the client after a [`SessionError::Client`].
+    pub fn send_error(&mut self, object: u32, code: u32, message: &str) {
+        let text = sanitize(message);
+        let obj = ObjectId::new(object).unwrap_or(ObjectId::DISPLAY);
+        let args = [
+            Arg::Object(Some(obj)),
+            Arg::Uint(code),
+            Arg::Str(Some(text.as_c_str())),
+        ];
+        if wire::encode_unchecked(&mut self.to_client.bytes, ObjectId::DISPLAY, 0, &args).is_err() {
+            tracing::warn!("could not encode the error for the client");
+        }
+        AgentStats::add(&self.stats.clients_refused, 1);
+        self.closing = true;
+    }
+
+    /// Relays what the client sent: bytes (maybe a partial message) and the fds that came
+    /// with them. SENDs go out before this returns.
+    pub fn client_input(&mut self, bytes: &[u8], fds: Vec<OwnedFd>) -> Result<(), SessionError> {
+        self.client_fds.extend(fds);
+        if self.client_fds.len() > self.config.limits.max_pending_fds {
+            return Err(client_err(
+                1,
+                code::NO_MEMORY,
+                format!(
+                    "{} fds not matched to messages, over the limit {}",
+                    self.client_fds.len(),
+                    self.config.limits.max_pending_fds
+                ),
+            ));
+        }
+        let mut pending = std::mem::take(&mut self.client_pending);
+        pending.extend_from_slice(bytes);
+        let mut pos = 0;
+        let result = loop {
+            match wire::next_message(&pending[pos..]) {
+                Ok(Some(msg)) => {
+                    let len = msg.len();
+                    if let Err(e) = self.client_message(&pending[pos..pos + len], &msg) {
+                        break Err(e);
+                    }
+                    pos += len;
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => {
+                    break Err(client_err(1, code::INVALID_METHOD, format!("framing: {e}")));
+                }
+            }
+        };
+        pending.drain(..pos);
+        self.client_pending = pending;
+        // Whatever was relayed before an error still goes out, in order.
+        let flushed = self.flush_sends();
+        result?;
+        flushed?;
+        if self.client_pending.len() > self.config.limits.max_pending_bytes {
+            return Err(client_err(
+                1,
+                code::NO_MEMORY,
+                "partial message over the size limit",
+            ));
+        }
+        Ok(())
+    }
+
+    fn client_message(&mut self, raw: &[u8], msg: &Message<'_>) -> Result<(), SessionError> {
+        let sender = id(msg.header.object);
+        let p = self
+            .map
+            .process_request(ProtocolTable::builtin(), msg, self.client_fds.len())
+            .map_err(|e| client_err(sender, code::INVALID_OBJECT, e.to_string()))?;
+        AgentStats::add(&self.stats.messages_to_host, 1);
+        AgentStats::add(&self.stats.bytes_to_host, raw.len() as u64);
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for _ in 0..p.args.fd_count() {
+            if let Some(fd) = self.client_fds.pop_front() {
+                fds.push(fd);
+            }
+        }
+        let iface = p.interface.name;
+        let name = p.desc.name;
+        let args = p.args.as_slice();
+        let mut out = Outbound {
+            bytes: Vec::new(),
+            ids: Vec::new(),
+            pipes: Vec::new(),
+        };
+        let mut forward = true;
+        match (iface, name) {
+            ("wl_shm", "create_pool") => {
+                let ([Arg::NewId(pool), Arg::Fd, Arg::Int(size)], [_]) = (args, &fds[..]) else {
+                    return Err(shape(sender, iface, name));
+                };
+                let fd = fds.pop().ok_or_else(|| shape(sender, iface, name))?;
+                let res = self.create_pool(id(*pool), fd, *size)?;
+                out.ids.push(SendId::Blob(res));
+            }
+            ("wl_shm_pool", "create_buffer") => {
+                let [
+                    Arg::NewId(buffer),
+                    Arg::Int(offset),
+                    Arg::Int(width),
+                    Arg::Int(height),
+                    Arg::Int(stride),
+                    Arg::Uint(format),
+                ] = args
+                else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.create_shm_buffer(
+                    sender,
+                    id(*buffer),
+                    *offset,
+                    (*width, *height),
+                    *stride,
+                    *format,
+                )?;
+            }
+            ("wl_shm_pool", "resize") => {
+                let [Arg::Int(size)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.resize_pool(sender, *size)?;
+            }
+            ("wl_shm_pool", "destroy") => {
+                if let Some(pool) = self.pools.remove(&sender) {
+                    self.unref_blob(pool.bo);
+                }
+            }
+            ("wl_buffer", "destroy") => self.forget_buffer(sender),
+            ("wl_surface", "attach") => {
+                let [Arg::Object(buffer), _, _] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.surface(sender).pending = Some(buffer.map(id));
+            }
+            ("wl_surface", "damage") => {
+                let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.surface(sender).damage.damage_surface(*x, *y, *w, *h);
+            }
+            ("wl_surface", "damage_buffer") => {
+                let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.surface(sender).damage.damage_buffer(*x, *y, *w, *h);
+            }
+            ("wl_surface", "set_buffer_transform") => {
+                let [Arg::Int(t)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.surface(sender)
+                    .damage
+                    .set_buffer_transform(*t)
+                    .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
+            }
+            ("wl_surface", "set_buffer_scale") => {
+                let [Arg::Int(s)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.surface(sender)
+                    .damage
+                    .set_buffer_scale(*s)
+                    .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
+            }
+            ("wl_surface", "commit") => self.commit(sender)?,
+            ("wl_surface", "destroy") => {
+                self.surfaces.remove(&sender);
+                self.stale.forget_surface(sender);
+            }
+            ("wp_viewporter", "get_viewport") => {
+                if let [Arg::NewId(v), Arg::Object(Some(s))] = args {
+                    self.viewports.insert(id(*v), id(*s));
+                }
+            }
+            ("wp_viewport", "set_source") => {
+                let [Arg::Fixed(x), Arg::Fixed(y), Arg::Fixed(w), Arg::Fixed(h)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                let src = [x.0, y.0, w.0, h.0];
+                let unset = src.iter().all(|v| *v == -256);
+                if let Some(s) = self.viewports.get(&sender).copied() {
+                    self.surface(s)
+                        .damage
+                        .set_viewport_source((!unset).then_some(src))
+                        .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
+                }
+            }
+            ("wp_viewport", "set_destination") => {
+                let [Arg::Int(w), Arg::Int(h)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                let unset = *w == -1 && *h == -1;
+                if let Some(s) = self.viewports.get(&sender).copied() {
+                    self.surface(s)
+                        .damage
+                        .set_viewport_destination((!unset).then_some((*w, *h)))
+                        .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
+                }
+            }
+            ("wp_viewport", "destroy") => {
+                if let Some(s) = self.viewports.remove(&sender)
+                    && let Some(surface) = self.surfaces.get_mut(&s)
+                {
+                    // Errors are impossible for "unset".
+                    let _ = surface.damage.set_viewport_source(None);
+                    let _ = surface.damage.set_viewport_destination(None);
+                }
+            }
+            ("zwp_linux_dmabuf_v1", "create_params") => {
+                if let [Arg::NewId(p)] = args {
+                    self.params.insert(id(*p), Vec::new());
+                }
+            }
+            ("zwp_linux_buffer_params_v1", "add") => {
+                let [
+                    Arg::Fd,
+                    Arg::Uint(plane),
+                    Arg::Uint(offset),
+                    Arg::Uint(stride),
+                    Arg::Uint(hi),
+                    Arg::Uint(lo),
+                ] = args
+                else {
+                    return Err(shape(sender, iface, name));
+                };
+                let fd = fds.pop().ok_or_else(|| shape(sender, iface, name))?;
+                let planes = self.params.entry(sender).or_default();
+                if planes.len() >= 4 {
+                    return Err(client_err(sender, 1, "more than 4 planes"));
+                }
+                planes.push(Plane {
+                    fd,
+                    plane: *plane,
+                    offset: *offset,
+                    stride: *stride,
+                    modifier: (u64::from(*hi) << 32) | u64::from(*lo),
+                });
+                // Held back: sent with `create`, once the buffer's size and format are known.
+                forward = false;
+            }
+            ("zwp_linux_buffer_params_v1", "create" | "create_immed") => {
+                let (buffer, rest) = match args {
+                    [Arg::NewId(b), rest @ ..] => (Some(id(*b)), rest),
+                    rest => (None, rest),
+                };
+                let [Arg::Int(w), Arg::Int(h), Arg::Uint(format), Arg::Uint(_)] = rest else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.create_dmabuf(sender, buffer, (*w, *h), *format, &mut out)?;
+            }
+            ("zwp_linux_buffer_params_v1", "destroy") => {
+                self.params.remove(&sender);
+            }
+            _ => {
+                // Any other fd: a pipe the client reads (the host writes into it).
+                for fd in fds.drain(..) {
+                    if !is_fifo(fd.as_fd()) {
+                        return Err(client_err(
+                            sender,
+                            code::IMPLEMENTATION,
+                            format!("{iface}.{name}: only pipes can be passed here"),
+                        ));
+                    }
+                    out.ids.push(SendId::ReadPipe);
+                    out.pipes.push(fd);
+                }
+            }
+        }
+        if forward {
+            out.bytes.extend_from_slice(raw);
+        }
+        if !out.bytes.is_empty() {
+            self.outbound.push(out);
+        }
+        Ok(())
+    }
+
+    fn surface(&mut self, surface: u32) -> &mut Surface {
+        self.surfaces.entry(surface).or_default()
+    }
+
+    /// A blob of at least `size` bytes whose bytes map 1:1 to a pool's: a guest blob where
+    /// the host accepts them in SEND, else a linear HOST3D image of 4096-byte rows. Pools over
+    /// [`SessionLimits::max_guest_blob_pool`] take a HOST3D blob too: clients such as foot
+    /// reserve a large sparse pool and touch little of it, and host memory is allocated as
+    /// touched where a guest blob's pages are all pinned at creation.
+    fn pool_blob(&mut self, size: u64) -> Result<Blob<D::Mapping>, ChannelError> {
+        let guest_ok = self
+            .ch
+            .caps()
+            .crossway
+            .as_ref()
+            .is_some_and(|c| c.flags & CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND != 0);
+        if guest_ok && size <= self.config.limits.max_guest_blob_pool {
+            return self.ch.create_guest_blob(size);
+        }
+        // Hosts cap image sides (16384 is common): wide rows for large pools.
+        let width = if size <= u64::from(POOL_BLOB_WIDTH) * 4 * 16384 {
+            POOL_BLOB_WIDTH
+        } else {
+            POOL_BLOB_WIDTH * 16
+        };
+        let row = u64::from(width) * 4;
+        let rows = u32::try_from(size.div_ceil(row).max(1))
+            .map_err(|_| ChannelError::TooMuchData(usize::MAX))?;
+        let req = self
+            .ch
+            .image_requirements(width, rows, ARGB8888, GBM_BO_USE_LINEAR)?;
+        if req.offsets[0] != 0 || req.size < size {
+            return Err(ChannelError::BadImageRequirements {
+                width,
+                height: rows,
+                what: "the host's image does not hold the pool contiguously",
+            });
+        }
+        self.ch.blob_for_image(&req)
+    }
+
+    fn add_blob(&mut self, blob: Blob<D::Mapping>) -> (u32, u32) {
+        let bo = blob.bo_handle;
+        let res = blob.res_id;
+        self.blobs.insert(bo, SharedBlob { blob, refs: 1 });
+        (bo, res)
+    }
+
+    fn unref_blob(&mut self, bo: u32) {
+        let Some(b) = self.blobs.get_mut(&bo) else {
+            return;
+        };
+        b.refs -= 1;
+        if b.refs == 0
+            && let Some(b) = self.blobs.remove(&bo)
+            && let Err(e) = self.ch.close_blob(b.blob)
+        {
+            tracing::warn!("closing blob {bo}: {e}");
+        }
+    }
+
+    fn create_pool(&mut self, pool: u32, fd: OwnedFd, size: i32) -> Result<u32, SessionError> {
+        let max = self.config.limits.max_pool_bytes;
+        let size = u64::try_from(size)
+            .ok()
+            .filter(|s| *s > 0 && *s <= max)
+            .ok_or_else(|| {
+                client_err(
+                    pool,
+                    2, // wl_shm.error.invalid_fd is 2, invalid_stride 1; size errors use 2 too
+                    format!("pool size {size} is not in 1..={max}"),
+                )
+            })?;
+        if self.pools.len() + self.buffers.len() >= self.config.limits.max_pools {
+            return Err(client_err(pool, code::NO_MEMORY, "too many pools"));
+        }
+        let file = File::from(fd);
+        let actual = file
+            .metadata()
+            .map_err(|e| client_err(pool, 2, format!("pool fd: {e}")))?
+            .len();
+        if actual < size {
+            return Err(client_err(
+                pool,
+                2,
+                format!("pool of {size} bytes on a file of {actual}"),
+            ));
+        }
+        let blob = self.pool_blob(size).map_err(|e| {
+            client_err(
+                pool,
+                code::NO_MEMORY,
+                format!("no blob for a pool of {size} bytes: {e}"),
+            )
+        })?;
+        let (bo, res) = self.add_blob(blob);
+        self.pools.insert(
+            pool,
+            Pool {
+                file: Rc::new(file),
+                size,
+                bo,
+            },
+        );
+        AgentStats::add(&self.stats.shm_pools, 1);
+        Ok(res)
+    }
+
+    fn resize_pool(&mut self, pool: u32, size: i32) -> Result<(), SessionError> {
+        let Some(p) = self.pools.get_mut(&pool) else {
+            return Ok(());
+        };
+        let size = u64::try_from(size).unwrap_or(0);
+        let capacity = self.blobs.get(&p.bo).map_or(0, |b| b.blob.size);
+        if size < p.size {
+            return Err(client_err(pool, 2, "wl_shm_pool.resize cannot shrink"));
+        }
+        if size > capacity {
+            return Err(client_err(
+                pool,
+                code::IMPLEMENTATION,
+                format!(
+                    "wl_shm_pool.resize to {size} bytes: crossway-agent backs a pool with a \
+                     blob of fixed size ({capacity}); create a new pool instead"
+                ),
+            ));
+        }
+        let actual = p.file.metadata().map(|m| m.len()).unwrap_or(0);
+        if actual < size {
+            return Err(client_err(
+                pool,
+                2,
+                format!("pool resized to {size} bytes on a file of {actual}"),
+            ));
+        }
+        p.size = size;
+        Ok(())
+    }
+
+    fn create_shm_buffer(
+        &mut self,
+        pool: u32,
+        buffer: u32,
+        offset: i32,
+        (width, height): (i32, i32),
+        stride: i32,
+        format: u32,
+    ) -> Result<(), SessionError> {
+        let Some(p) = self.pools.get(&pool) else {
+            return Err(client_err(pool, code::INVALID_OBJECT, "unknown pool"));
+        };
+        let bpp = crate::damage::shm_bytes_per_pixel(format).ok_or_else(|| {
+            client_err(pool, 0, format!("wl_shm format {format:#x} not supported"))
+        })?;
+        let layout = BufferLayout {
+            offset: u64::try_from(offset).map_err(|_| client_err(pool, 1, "negative offset"))?,
+            width,
+            height,
+            stride,
+            bytes_per_pixel: bpp,
+        };
+        // An empty region checks the layout against the pool.
+        let full = full_region(width, height);
+        copy_ranges(&layout, &full, p.size)
+            .map_err(|e| client_err(pool, 1, format!("buffer layout: {e}")))?;
+        let entry = CopiedBuffer {
+            file: p.file.clone(),
+            source_size: p.size,
+            bo: p.bo,
+            layout,
+            blob_layout: None,
+        };
+        if let Some(b) = self.blobs.get_mut(&entry.bo) {
+            b.refs += 1;
+        }
+        if let Some(old) = self.buffers.insert(buffer, entry) {
+            self.unref_blob(old.bo);
+        }
+        Ok(())
+    }
+
+    fn forget_buffer(&mut self, buffer: u32) {
+        if let Some(b) = self.buffers.remove(&buffer) {
+            self.unref_blob(b.bo);
+        }
+        if let Some(handles) = self.imported.remove(&buffer) {
+            for h in handles {
+                if let Err(e) = self.ch.device().gem_close(h) {
+                    tracing::warn!("closing imported dmabuf handle {h}: {e}");
+                }
+            }
+        }
+        self.stale.forget_buffer(buffer);
+    }
+
+    fn commit(&mut self, surface: u32) -> Result<(), SessionError> {
+        let s = self.surfaces.entry(surface).or_default();
+        if let Some(b) = s.pending.take() {
+            s.current = b;
+        }
+        let Some(buffer) = s.current else {
+            // Nothing to show; drop the damage with the commit.
+            let _ = s.damage.commit(None);
+            return Ok(());
+        };
+        let Some(b) = self.buffers.get(&buffer) else {
+            // A dmabuf forwarded by resource, or a buffer the agent does not copy.
+            let _ = s.damage.commit(None);
+            AgentStats::add(&self.stats.frames, 1);
+            return Ok(());
+        };
+        let size = (b.layout.width, b.layout.height);
+        let damage = s.damage.commit(Some(size));
+        let bpp = u64::from(b.layout.bytes_per_pixel);
+        AgentStats::add(&self.stats.frames, 1);
+        AgentStats::add(&self.stats.damaged_bytes, damage.area() * bpp);
+        let region = self.stale.commit(surface, buffer, size, &damage);
+        if region.is_empty() {
+            return Ok(());
+        }
+        let b = &self.buffers[&buffer];
+        let src_ranges = copy_ranges(&b.layout, &region, b.source_size)
+            .map_err(|e| client_err(buffer, code::INVALID_OBJECT, e.to_string()))?;
+        let blob = &self.blobs[&b.bo].blob;
+        let dst_ranges = match &b.blob_layout {
+            None => src_ranges.clone(),
+            Some(l) => copy_ranges(l, &region, blob.size)
+                .map_err(|e| host_err(format!("blob layout: {e}")))?,
+        };
+        if src_ranges.len() != dst_ranges.len() {
+            return Err(host_err("source and blob layouts disagree"));
+        }
+        let mut copied = 0;
+        for (src, dst) in src_ranges.iter().zip(&dst_ranges) {
+            let len = src.end - src.start;
+            if len != dst.end - dst.start {
+                return Err(host_err("source and blob rows disagree"));
+            }
+            read_into(&b.file, src.start, &blob.mapping, dst.start, len).map_err(|e| {
+                client_err(
+                    buffer,
+                    code::INVALID_OBJECT,
+                    format!("reading the client's buffer: {e}"),
+                )
+            })?;
+            copied += len;
+        }
+        AgentStats::add(&self.stats.bytes_copied, copied);
+        // Buffers sharing bytes with this one were overwritten in the blob: copy them in full
+        // at their next commit.
+        let (bo, layout) = (b.bo, b.layout);
+        let overlapping: Vec<u32> = self
+            .buffers
+            .iter()
+            .filter(|(id, o)| **id != buffer && o.bo == bo && o.layout.overlaps(&layout))
+            .map(|(id, _)| *id)
+            .collect();
+        for o in overlapping {
+            self.stale.forget_buffer(o);
+        }
+        Ok(())
+    }
+
+    fn create_dmabuf(
+        &mut self,
+        params: u32,
+        buffer: Option<u32>,
+        (width, height): (i32, i32),
+        format: u32,
+        out: &mut Outbound,
+    ) -> Result<(), SessionError> {
+        let planes = self.params.remove(&params).unwrap_or_default();
+        if planes.is_empty() {
+            // The host answers with its own error (incomplete).
+            return Ok(());
+        }
+        // Zero copy: every plane is a virtio-gpu resource of this device.
+        let mut handles = Vec::new();
+        let mut resources = Vec::new();
+        for p in &planes {
+            match self.ch.device().prime_fd_to_handle(p.fd.as_fd()) {
+                Ok(h) => {
+                    handles.push(h);
+                    match self.ch.device().resource_info(h) {
+                        Ok(info) => resources.push(info.res_handle),
+                        Err(_) => break,
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        if resources.len() == planes.len() {
+            for (p, res) in planes.iter().zip(&resources) {
+                add_plane_message(&mut out.bytes, params, p, p.offset, p.stride, p.modifier)?;
+                out.ids.push(SendId::Blob(*res));
+            }
+            AgentStats::add(&self.stats.dmabufs_forwarded, 1);
+            match buffer {
+                Some(b) => {
+                    self.imported.insert(b, handles);
+                }
+                None => {
+                    self.params_imported.insert(params, handles);
+                }
+            }
+            return Ok(());
+        }
+        for h in handles {
+            let _ = self.ch.device().gem_close(h);
+        }
+        // Copy path: one plane of a format with a known pixel size.
+        let [p] = &planes[..] else {
+            return Err(client_err(
+                params,
+                code::IMPLEMENTATION,
+                "multi-planar dmabufs that are not virtio-gpu resources cannot be relayed",
+            ));
+        };
+        let bpp = fourcc_bytes_per_pixel(format).ok_or_else(|| {
+            client_err(
+                params,
+                code::IMPLEMENTATION,
+                format!(
+                    "dmabuf format {format:#x} is not a virtio-gpu resource and cannot be copied"
+                ),
+            )
+        })?;
+        if p.modifier != LINEAR {
+            return Err(client_err(
+                params,
+                code::IMPLEMENTATION,
+                "only LINEAR dmabufs that are not virtio-gpu resources can be copied",
+            ));
+        }
+        let file = File::from(p.fd.try_clone().map_err(|e| host_err(e.to_string()))?);
+        let source_size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let layout = BufferLayout {
+            offset: u64::from(p.offset),
+            width,
+            height,
+            stride: i32::try_from(p.stride).map_err(|_| client_err(params, 3, "stride"))?,
+            bytes_per_pixel: bpp,
+        };
+        copy_ranges(&layout, &full_region(width, height), source_size)
+            .map_err(|e| client_err(params, 5, format!("dmabuf layout: {e}")))?;
+        // A blob the host can display with the client's layout where guest blobs are taken;
+        // else the host's own image layout.
+        let guest_ok = self
+            .ch
+            .caps()
+            .crossway
+            .as_ref()
+            .is_some_and(|c| c.flags & CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND != 0);
+        let (blob, blob_layout, offset, stride, modifier) = if guest_ok {
+            let b = self
+                .ch
+                .create_guest_blob(source_size)
+                .map_err(|e| client_err(params, code::NO_MEMORY, e.to_string()))?;
+            (b, None, p.offset, p.stride, p.modifier)
+        } else {
+            let (w, h) = (
+                u32::try_from(width).map_err(|_| client_err(params, 6, "width"))?,
+                u32::try_from(height).map_err(|_| client_err(params, 6, "height"))?,
+            );
+            let req = self
+                .ch
+                .image_requirements(w, h, format, GBM_BO_USE_LINEAR)
+                .map_err(|e| client_err(params, code::NO_MEMORY, e.to_string()))?;
+            let b = self
+                .ch
+                .blob_for_image(&req)
+                .map_err(|e| client_err(params, code::NO_MEMORY, e.to_string()))?;
+            let l = BufferLayout {
+                offset: u64::from(req.offsets[0]),
+                width,
+                height,
+                stride: i32::try_from(req.strides[0]).map_err(|_| host_err("stride"))?,
+                bytes_per_pixel: bpp,
+            };
+            (b, Some(l), req.offsets[0], req.strides[0], req.modifier)
+        };
+        let (bo, res) = self.add_blob(blob);
+        add_plane_message(&mut out.bytes, params, p, offset, stride, modifier)?;
+        out.ids.push(SendId::Blob(res));
+        AgentStats::add(&self.stats.dmabufs_copied, 1);
+        let copied = CopiedBuffer {
+            file: Rc::new(file),
+            source_size,
+            bo,
+            layout,
+            blob_layout,
+        };
+        match buffer {
+            Some(b) => {
+                self.buffers.insert(b, copied);
+            }
+            None => {
+                self.params_waiting.insert(params, Some(copied));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what [`Session::client_message`] gathered, in SENDs of at most 3744 bytes, 28
+    /// identifiers and one read pipe; a message's identifiers go with its first bytes.
+    fn flush_sends(&mut self) -> Result<(), SessionError> {
+        let mut data: Vec<u8> = Vec::new();
+        let mut ids: Vec<SendId> = Vec::new();
+        let mut pipes: Vec<OwnedFd> = Vec::new();
+        let outbound = std::mem::take(&mut self.outbound);
+        for m in outbound {
+            let m_pipes = m.ids.iter().filter(|i| **i == SendId::ReadPipe).count();
+            let pipes_now = ids.iter().filter(|i| **i == SendId::ReadPipe).count();
+            if data.len() + m.bytes.len() > CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA
+                || ids.len() + m.ids.len() > CROSS_DOMAIN_MAX_IDENTIFIERS
+                || pipes_now + m_pipes > 1
+            {
+                self.send_chunk(&data, &ids, &mut pipes)?;
+                data.clear();
+                ids.clear();
+            }
+            if m.bytes.len() > CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA {
+                // One long message: its identifiers ride with the first part.
+                let mut parts = m.bytes.chunks(CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA);
+                let mut mp = m.pipes;
+                if let Some(first) = parts.next() {
+                    self.send_chunk(first, &m.ids, &mut mp)?;
+                }
+                for part in parts {
+                    self.send_chunk(part, &[], &mut Vec::new())?;
+                }
+                continue;
+            }
+            data.extend_from_slice(&m.bytes);
+            ids.extend_from_slice(&m.ids);
+            pipes.extend(m.pipes);
+        }
+        if !data.is_empty() {
+            self.send_chunk(&data, &ids, &mut pipes)?;
+        }
+        Ok(())
+    }
+
+    fn send_chunk(
+        &mut self,
+        data: &[u8],
+        ids: &[SendId],
+        pipes: &mut Vec<OwnedFd>,
+    ) -> Result<(), SessionError> {
+        if data.is_empty() && ids.is_empty() {
+            return Ok(());
+        }
+        let sent = self.ch.send(data, ids)?;
+        AgentStats::add(&self.stats.sends, 1);
+        let mut pipes = pipes.drain(..);
+        for (want, got) in ids.iter().zip(&sent) {
+            if *want == SendId::ReadPipe
+                && let Some(fd) = pipes.next()
+            {
+                self.read_pipes.insert(
+                    got.id,
+                    ClientReadPipe {
+                        write: fd,
+                        queue: VecDeque::new(),
+                        hang_up: false,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Relays a RECEIVE from the host: Wayland bytes (maybe partial) and the items standing
+    /// for their fds.
+    pub fn host_input(&mut self, data: &[u8], items: Vec<HostItem>) -> Result<(), SessionError> {
+        self.host_items.extend(items);
+        if self.host_items.len() > self.config.limits.max_pending_fds {
+            return Err(host_err("too many items not matched to events"));
+        }
+        let mut pending = std::mem::take(&mut self.host_pending);
+        pending.extend_from_slice(data);
+        let mut pos = 0;
+        let result = loop {
+            match wire::next_message(&pending[pos..]) {
+                Ok(Some(msg)) => {
+                    let len = msg.len();
+                    if let Err(e) = self.host_message(&pending[pos..pos + len], &msg) {
+                        break Err(e);
+                    }
+                    pos += len;
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(host_err(format!("framing: {e}"))),
+            }
+        };
+        pending.drain(..pos);
+        self.host_pending = pending;
+        result?;
+        if self.host_pending.len() > self.config.limits.max_pending_bytes {
+            return Err(host_err("partial event over the size limit"));
+        }
+        if self.to_client.bytes.len() > self.config.limits.max_client_queue {
+            return Err(client_err(
+                1,
+                code::NO_MEMORY,
+                "the client does not read its events",
+            ));
+        }
+        Ok(())
+    }
+
+    fn host_message(&mut self, raw: &[u8], msg: &Message<'_>) -> Result<(), SessionError> {
+        let sender = id(msg.header.object);
+        let p = self
+            .map
+            .process_event(ProtocolTable::builtin(), msg, self.host_items.len())
+            .map_err(|e| host_err(e.to_string()))?;
+        let mut items = Vec::new();
+        for _ in 0..p.args.fd_count() {
+            if let Some(i) = self.host_items.pop_front() {
+                items.push(i);
+            }
+        }
+        let iface = p.interface.name;
+        let name = p.desc.name;
+        let args = p.args.as_slice();
+        let at = self.to_client.bytes.len();
+        let mut forward = !p.to_zombie;
+        let mut rewritten: Option<Vec<u8>> = None;
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        match (iface, name) {
+            ("wl_registry", "global") => {
+                let [Arg::Uint(g), Arg::Str(Some(interface)), Arg::Uint(version)] = args else {
+                    return Err(host_err("wl_registry.global with unexpected arguments"));
+                };
+                match cap_global(interface, *version) {
+                    None => forward = false,
+                    Some(v) if v == *version => {}
+                    Some(v) => {
+                        let mut b = Vec::new();
+                        wire::encode_unchecked(
+                            &mut b,
+                            msg.header.object,
+                            msg.header.opcode,
+                            &[Arg::Uint(*g), Arg::Str(Some(interface)), Arg::Uint(v)],
+                        )
+                        .map_err(|e| host_err(e.to_string()))?;
+                        rewritten = Some(b);
+                    }
+                }
+            }
+            ("zwp_linux_buffer_params_v1", "created") => {
+                if let [Arg::NewId(b)] = args {
+                    let b = id(*b);
+                    if let Some(Some(copied)) = self.params_waiting.remove(&sender) {
+                        self.buffers.insert(b, copied);
+                    }
+                    if let Some(h) = self.params_imported.remove(&sender) {
+                        self.imported.insert(b, h);
+                    }
+                }
+            }
+            ("zwp_linux_buffer_params_v1", "failed") => {
+                if let Some(Some(c)) = self.params_waiting.remove(&sender) {
+                    self.unref_blob(c.bo);
+                }
+                if let Some(h) = self.params_imported.remove(&sender) {
+                    for h in h {
+                        let _ = self.ch.device().gem_close(h);
+                    }
+                }
+            }
+            ("zwp_linux_dmabuf_feedback_v1", "format_table") => {
+                let ([Arg::Fd, Arg::Uint(_size)], [item]) = (args, &items[..]) else {
+                    return Err(host_err("format_table without its table"));
+                };
+                let table = self.item_bytes(item)?;
+                let (fd, size, map) = guest_format_table(&table)?;
+                self.feedback.entry(sender).or_default().map = map;
+                let mut b = Vec::new();
+                wire::encode_unchecked(
+                    &mut b,
+                    msg.header.object,
+                    msg.header.opcode,
+                    &[Arg::Fd, Arg::Uint(size)],
+                )
+                .map_err(|e| host_err(e.to_string()))?;
+                rewritten = Some(b);
+                fds.push(fd);
+                items.clear();
+            }
+            ("zwp_linux_dmabuf_feedback_v1", "main_device" | "tranche_target_device") => {
+                if let Some(dev) = self.config.guest_dev {
+                    let bytes = dev.to_ne_bytes();
+                    let mut b = Vec::new();
+                    wire::encode_unchecked(
+                        &mut b,
+                        msg.header.object,
+                        msg.header.opcode,
+                        &[Arg::Array(&bytes)],
+                    )
+                    .map_err(|e| host_err(e.to_string()))?;
+                    rewritten = Some(b);
+                }
+            }
+            ("zwp_linux_dmabuf_feedback_v1", "tranche_formats") => {
+                let [Arg::Array(indices)] = args else {
+                    return Err(host_err("tranche_formats with unexpected arguments"));
+                };
+                let map = self
+                    .feedback
+                    .get(&sender)
+                    .map(|f| f.map.as_slice())
+                    .unwrap_or(&[]);
+                let mut kept: Vec<u8> = Vec::new();
+                for c in indices.chunks_exact(2) {
+                    let i = u16::from_ne_bytes([c[0], c[1]]);
+                    if let Some(Some(g)) = map.get(usize::from(i)) {
+                        kept.extend_from_slice(&g.to_ne_bytes());
+                    }
+                }
+                let mut b = Vec::new();
+                wire::encode_unchecked(
+                    &mut b,
+                    msg.header.object,
+                    msg.header.opcode,
+                    &[Arg::Array(&kept)],
+                )
+                .map_err(|e| host_err(e.to_string()))?;
+                rewritten = Some(b);
+            }
+            ("zwp_linux_dmabuf_v1", "modifier") => {
+                if let [Arg::Uint(_), Arg::Uint(hi), Arg::Uint(lo)] = args {
+                    let m = (u64::from(*hi) << 32) | u64::from(*lo);
+                    forward &= guest_can_allocate(m);
+                }
+            }
+            _ => {}
+        }
+        for item in items {
+            fds.push(self.item_fd(&item)?);
+        }
+        if !forward {
+            return Ok(());
+        }
+        match &rewritten {
+            Some(b) => self.to_client.bytes.extend_from_slice(b),
+            None => self.to_client.bytes.extend_from_slice(raw),
+        }
+        self.to_client.fds.extend(fds.into_iter().map(|f| (at, f)));
+        AgentStats::add(&self.stats.messages_to_guest, 1);
+        AgentStats::add(
+            &self.stats.bytes_to_guest,
+            (self.to_client.bytes.len() - at) as u64,
+        );
+        if iface == "wl_display" && name == "error" {
+            self.closing = true;
+        }
+        Ok(())
+    }
+
+    /// The bytes of a host blob item.
+    fn item_bytes(&mut self, item: &HostItem) -> Result<Vec<u8>, SessionError> {
+        if item.kind != HostItemKind::Blob {
+            return Err(host_err("expected a blob item"));
+        }
+        let blob = self.ch.blob_from_item(item)?;
+        let mut bytes = vec![0u8; item.size as usize];
+        let r = blob.mapping.read_at(0, &mut bytes);
+        self.ch.close_blob(blob)?;
+        r.map_err(|e| host_err(format!("reading item {}: {e}", item.id)))?;
+        Ok(bytes)
+    }
+
+    /// The guest fd standing for a host item.
+    fn item_fd(&mut self, item: &HostItem) -> Result<OwnedFd, SessionError> {
+        match item.kind {
+            HostItemKind::Blob => {
+                let bytes = self.item_bytes(item)?;
+                AgentStats::add(&self.stats.host_items, 1);
+                sealed_memfd("crossway-host-item", &bytes)
+                    .map_err(|e| host_err(format!("guest memfd: {e}")))
+            }
+            HostItemKind::WritePipe => {
+                let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| host_err(format!("pipe: {e}")))?;
+                self.write_pipes.push(HostWritePipe { id: item.id, read });
+                Ok(write)
+            }
+            HostItemKind::Other(t) => {
+                Err(host_err(format!("item of type {t} on a Wayland channel")))
+            }
+        }
+    }
+
+    /// Bytes the client wrote into a host write pipe: WRITE them (`data` empty = hang up).
+    pub fn pipe_data(&mut self, id: u32, data: &[u8]) -> Result<(), SessionError> {
+        AgentStats::add(&self.stats.pipe_bytes, data.len() as u64);
+        self.ch.write_pipe(id, data, data.is_empty())?;
+        Ok(())
+    }
+
+    /// A READ from the host for read pipe `pipe`: queued for the client's fd.
+    pub fn host_read(&mut self, pipe: u32, data: &[u8], hang_up: bool) {
+        AgentStats::add(&self.stats.pipe_bytes, data.len() as u64);
+        let max = self.config.limits.max_pipe_queue;
+        let Some(p) = self.read_pipes.get_mut(&pipe) else {
+            return;
+        };
+        if p.queue.len() + data.len() > max {
+            tracing::warn!("read pipe {pipe}: the client does not read; dropping it");
+            self.read_pipes.remove(&pipe);
+            return;
+        }
+        p.queue.extend(data);
+        p.hang_up |= hang_up;
+    }
+}
+
+impl<D: VirtGpu> Drop for Session<D> {
+    fn drop(&mut self) {
+        for (_, b) in self.blobs.drain() {
+            let _ = self.ch.close_blob(b.blob);
+        }
+        let handles: Vec<u32> = self
+            .imported
+            .drain()
+            .chain(self.params_imported.drain())
+            .flat_map(|(_, h)| h)
+            .collect();
+        for h in handles {
+            let _ = self.ch.device().gem_close(h);
+        }
+    }
+}
+
+fn add_plane_message(
+    out: &mut Vec<u8>,
+    params: u32,
+    p: &Plane,
+    offset: u32,
+    stride: u32,
+    modifier: u64,
+) -> Result<(), SessionError> {
+    let obj = ObjectId::new(params).ok_or_else(|| host_err("params id 0"))?;
+    wire::encode_unchecked(
+        out,
+        obj,
+        1, // zwp_linux_buffer_params_v1.add
+        &[
+            Arg::Fd,
+            Arg::Uint(p.plane),
+            Arg::Uint(offset),
+            Arg::Uint(stride),
+            Arg::Uint((modifier >> 32) as u32),
+            Arg::Uint(modifier as u32),
+        ],
+    )
+    .map_err(|e| host_err(e.to_string()))?;
+    Ok(())
+}
+
+/// The version a host global is advertised with to guest clients: `None` for interfaces the
+/// tables do not know (never advertised), else at most the tables' version.
+pub fn cap_global(interface: &CStr, version: u32) -> Option<u32> {
+    let name = interface.to_str().ok()?;
+    let known = ProtocolTable::builtin().get(name)?;
+    Some(version.min(known.version))
+}
+
+/// Modifiers a guest app can allocate for the host: linear memory (guest blobs, memfds,
+/// software rendering). Virgl and tiled layouts do not exist in this guest.
+pub fn guest_can_allocate(modifier: u64) -> bool {
+    modifier == LINEAR
+}
+
+/// The guest's format table: the host's entries the guest can allocate, in the host's order;
+/// returns the sealed memfd, its size and the host index → guest index map.
+fn guest_format_table(host: &[u8]) -> Result<(OwnedFd, u32, Vec<Option<u16>>), SessionError> {
+    let table =
+        FormatTable::from_bytes(host).map_err(|e| host_err(format!("format table: {e}")))?;
+    let mut map = Vec::with_capacity(table.len());
+    let mut kept: Vec<FormatModifier> = Vec::new();
+    for i in 0..table.len() {
+        let pair = u16::try_from(i)
+            .ok()
+            .and_then(|i| table.get(i).ok())
+            .ok_or_else(|| host_err("format table index"))?;
+        if pair.is_linear() {
+            map.push(u16::try_from(kept.len()).ok());
+            kept.push(pair);
+        } else {
+            map.push(None);
+        }
+    }
+    let guest = FormatTable::from_pairs(kept).map_err(|e| host_err(e.to_string()))?;
+    let bytes = guest.as_bytes();
+    let fd = sealed_memfd("crossway-format-table", bytes)
+        .map_err(|e| host_err(format!("guest memfd: {e}")))?;
+    let size = u32::try_from(bytes.len()).map_err(|_| host_err("format table size"))?;
+    Ok((fd, size, map))
+}
+
+/// A memfd holding `bytes`, sealed against writes and resizing (clients map it read-only or
+/// private, as keymaps and format tables require).
+pub fn sealed_memfd(name: &str, bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    let file = File::from(fd);
+    file.write_all_at(bytes, 0)?;
+    file.set_len(bytes.len() as u64)?;
+    let fd = OwnedFd::from(file);
+    rustix::fs::fcntl_add_seals(
+        &fd,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+    )?;
+    Ok(fd)
+}
+
+fn is_fifo(fd: BorrowedFd<'_>) -> bool {
+    rustix::fs::fstat(fd)
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo)
+        .unwrap_or(false)
+}
+
+/// Bytes per pixel of single-plane RGB DRM fourccs a copied dmabuf may use.
+fn fourcc_bytes_per_pixel(fourcc: u32) -> Option<u32> {
+    crate::damage::shm_bytes_per_pixel(fourcc).filter(|_| fourcc > 1)
+}
+
+fn full_region(width: i32, height: i32) -> Region {
+    Region::from_rect(Rect {
+        x: 0,
+        y: 0,
+        width,
+        height,
+    })
+}
+
+/// Strips what a C string cannot hold.
+fn sanitize(message: &str) -> std::ffi::CString {
+    let clean: Vec<u8> = message.bytes().filter(|b| *b != 0).take(1000).collect();
+    std::ffi::CString::new(clean).unwrap_or_default()
+}
+
+/// Reads `len` bytes at `src` of `file` straight into `mapping` at `dst`.
+fn read_into<M: VirtGpuMapping>(
+    file: &File,
+    src: u64,
+    mapping: &M,
+    dst: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    let (Ok(dst), Ok(len)) = (usize::try_from(dst), usize::try_from(len)) else {
+        return Err(std::io::Error::other("range too large"));
+    };
+    if dst.checked_add(len).is_none_or(|end| end > mapping.len()) {
+        return Err(std::io::Error::other("range past the blob"));
+    }
+    // SAFETY: `mapping` maps `mapping.len()` bytes at `as_ptr()` for as long as it lives (the
+    // `VirtGpuMapping` contract), and `&mapping` keeps it alive for this call; the range was
+    // checked against that length above. The memory is shared with the host, which only reads
+    // it; plain bytes have no invalid values.
+    let slice = unsafe { std::slice::from_raw_parts_mut(mapping.as_ptr().add(dst), len) };
+    file.read_exact_at(slice, src)
+}

@@ -1,0 +1,528 @@
+//! The agent's sockets: the listening Wayland socket (or one systemd passed), one thread per
+//! guest client with its own device file and channel, and the optional app the agent runs.
+//!
+//! A client thread polls the client socket, the channel's event fd and the pipes of its
+//! clipboard transfers, and hands what arrives to its [`Session`]. A client that breaks the
+//! protocol gets `wl_display.error` and is closed; a host that closes the channel ends that
+//! client only, with an error naming the cause. Other clients keep going either way.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use crossway_protocols::virtgpu::VirtGpu;
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+use crate::channel::{Channel, ChannelConfig, ChannelMessage};
+use crate::relay::{AgentStats, Session, SessionConfig, SessionError};
+
+/// Most fds in one `sendmsg` to a client (libwayland reads at most 28 per `recvmsg`).
+const MAX_FDS_OUT: usize = 28;
+/// Bytes read from a client at once.
+const READ_CHUNK: usize = 16 * 1024;
+/// Bytes read from a clipboard pipe at once (one cross-domain WRITE).
+const PIPE_CHUNK: usize = 4072;
+
+/// Opens one device file for one client: the device and the `dev_t` of its render node.
+pub type OpenDevice<D> = dyn Fn() -> Result<(D, Option<u64>)> + Send + Sync;
+
+/// What every client thread shares.
+pub struct Shared<D> {
+    /// Opens the device.
+    pub open: Box<OpenDevice<D>>,
+    /// Channel settings.
+    pub channel: ChannelConfig,
+    /// Session settings (the guest `dev_t` is filled per device).
+    pub session: SessionConfig,
+    /// Counters.
+    pub stats: Arc<AgentStats>,
+    /// Clients now connected.
+    pub live: AtomicUsize,
+    /// Most clients at once.
+    pub max_clients: usize,
+}
+
+impl<D> std::fmt::Debug for Shared<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("live", &self.live)
+            .field("max_clients", &self.max_clients)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The socket path for `--socket`: a path as given, a bare name in `$XDG_RUNTIME_DIR`.
+pub fn socket_path(socket: &str) -> Result<PathBuf> {
+    if socket.contains('/') {
+        return Ok(PathBuf::from(socket));
+    }
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .context("XDG_RUNTIME_DIR is not set; give --socket an absolute path")?;
+    Ok(Path::new(&dir).join(socket))
+}
+
+/// The listening socket systemd passed (`LISTEN_FDS=1`, `LISTEN_PID` = this process).
+pub fn socket_from_systemd() -> Result<Option<UnixListener>> {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let fds: usize = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !pid_ok || fds == 0 {
+        return Ok(None);
+    }
+    if fds != 1 {
+        bail!("systemd passed {fds} sockets; crossway-agent takes exactly one");
+    }
+    // SAFETY: with LISTEN_PID naming this process, fd 3 (SD_LISTEN_FDS_START) was passed by
+    // the service manager for this process to own; nothing else in it has claimed fd 3.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(3) };
+    let listener = UnixListener::from(fd);
+    rustix::io::fcntl_setfd(&listener, rustix::io::FdFlags::CLOEXEC)
+        .context("LISTEN_FDS socket")?;
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // SAFETY: called before any thread of this process is started (run() checks systemd
+        // activation first), so no other thread reads the environment concurrently.
+        unsafe { std::env::remove_var(var) };
+    }
+    Ok(Some(listener))
+}
+
+/// A bound socket and the lock file beside it (`PATH.lock`, as libwayland does), removed on
+/// drop.
+#[derive(Debug)]
+pub struct BoundSocket {
+    /// The listener.
+    pub listener: UnixListener,
+    path: Option<PathBuf>,
+    _lock: Option<std::fs::File>,
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+            let mut lock = p.clone().into_os_string();
+            lock.push(".lock");
+            let _ = std::fs::remove_file(lock);
+        }
+    }
+}
+
+impl BoundSocket {
+    /// Binds `path`, taking its lock file first; a stale socket (no lock holder) is replaced,
+    /// a live one is an error.
+    pub fn bind(path: &Path) -> Result<BoundSocket> {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("lock file {}", Path::new(&lock_path).display()))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| {
+                anyhow::anyhow!(
+                    "{} is in use by another compositor or agent",
+                    path.display()
+                )
+            },
+        )?;
+        let _ = std::fs::remove_file(path);
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+        Ok(BoundSocket {
+            listener,
+            path: Some(path.to_owned()),
+            _lock: Some(lock),
+        })
+    }
+
+    /// A socket systemd owns (nothing to remove).
+    pub fn adopted(listener: UnixListener) -> BoundSocket {
+        BoundSocket {
+            listener,
+            path: None,
+            _lock: None,
+        }
+    }
+}
+
+/// Accepts clients forever, one thread each.
+pub fn accept_loop<D: VirtGpu + Send + 'static>(
+    listener: &UnixListener,
+    shared: Arc<Shared<D>>,
+) -> Result<()> {
+    let mut next = 0u64;
+    loop {
+        let (stream, _) = match listener.accept() {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("accepting a client"),
+        };
+        next += 1;
+        let n = next;
+        if shared.live.load(Ordering::Relaxed) >= shared.max_clients {
+            tracing::warn!(
+                client = n,
+                "refused: {} clients connected (--max-clients)",
+                shared.max_clients
+            );
+            refuse(&stream, "too many clients (crossway-agent --max-clients)");
+            continue;
+        }
+        shared.live.fetch_add(1, Ordering::Relaxed);
+        shared.stats.clients.fetch_add(1, Ordering::Relaxed);
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("client-{n}"))
+            .spawn(move || {
+                match serve_client(&stream, &s) {
+                    Ok(()) => tracing::info!(client = n, "disconnected"),
+                    Err(e) => tracing::warn!(client = n, "ended: {e:#}"),
+                }
+                s.live.fetch_sub(1, Ordering::Relaxed);
+            });
+        if let Err(e) = spawned {
+            shared.live.fetch_sub(1, Ordering::Relaxed);
+            tracing::error!("no thread for client {n}: {e}");
+        }
+    }
+}
+
+/// Tells a client it cannot be served (`wl_display.error`, implementation) before closing.
+fn refuse(stream: &UnixStream, why: &str) {
+    let mut msg = Vec::new();
+    let text = std::ffi::CString::new(why).unwrap_or_default();
+    if crossway_protocols::wire::encode_unchecked(
+        &mut msg,
+        crossway_protocols::wire::ObjectId::DISPLAY,
+        0,
+        &[
+            crossway_protocols::wire::Arg::Object(Some(
+                crossway_protocols::wire::ObjectId::DISPLAY,
+            )),
+            crossway_protocols::wire::Arg::Uint(3),
+            crossway_protocols::wire::Arg::Str(Some(&text)),
+        ],
+    )
+    .is_ok()
+    {
+        let _ = rustix::io::write(stream, &msg);
+    }
+}
+
+/// Serves one client until it or the host goes away.
+fn serve_client<D: VirtGpu>(stream: &UnixStream, shared: &Shared<D>) -> Result<()> {
+    let (dev, guest_dev) = match (shared.open)() {
+        Ok(d) => d,
+        Err(e) => {
+            refuse(stream, &format!("crossway-agent: no virtgpu device: {e:#}"));
+            return Err(e);
+        }
+    };
+    let ch = match Channel::open(dev, shared.channel.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            refuse(stream, &format!("crossway-agent: host channel: {e}"));
+            return Err(e).context("opening the cross-domain channel");
+        }
+    };
+    tracing::info!(
+        crossway_caps = ch.caps().crossway.is_some(),
+        "client connected, channel open"
+    );
+    let mut config = shared.session.clone();
+    config.guest_dev = guest_dev;
+    let mut session = Session::new(ch, Arc::new(config), shared.stats.clone());
+    stream.set_nonblocking(true)?;
+    let result = client_loop(stream, &mut session);
+    if let Err(e) = &result {
+        match e {
+            LoopEnd::Session(SessionError::Client {
+                object,
+                code,
+                message,
+            }) => {
+                session.send_error(*object, *code, message);
+            }
+            LoopEnd::Session(other) => {
+                session.send_error(1, 3, &format!("crossway-agent: {other}"));
+            }
+            LoopEnd::HostClosed => {
+                session.send_error(1, 3, "crossway-agent: the host closed the connection");
+            }
+            LoopEnd::ClientGone | LoopEnd::Io(_) => {}
+        }
+        // Best effort: the error reaches a client that still reads.
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = flush_client(stream, &mut session);
+    }
+    match result {
+        Ok(()) | Err(LoopEnd::ClientGone) => Ok(()),
+        Err(LoopEnd::HostClosed) => bail!("the host closed the channel"),
+        Err(LoopEnd::Session(e)) => Err(e.into()),
+        Err(LoopEnd::Io(e)) => Err(e.into()),
+    }
+}
+
+#[derive(Debug)]
+enum LoopEnd {
+    ClientGone,
+    HostClosed,
+    Session(SessionError),
+    Io(std::io::Error),
+}
+
+impl From<SessionError> for LoopEnd {
+    fn from(e: SessionError) -> Self {
+        LoopEnd::Session(e)
+    }
+}
+
+impl From<std::io::Error> for LoopEnd {
+    fn from(e: std::io::Error) -> Self {
+        LoopEnd::Io(e)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Client,
+    Events,
+    WritePipe(usize),
+    ReadPipe(u32),
+}
+
+fn client_loop<D: VirtGpu>(stream: &UnixStream, session: &mut Session<D>) -> Result<(), LoopEnd> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut pipe_buf = vec![0u8; PIPE_CHUNK];
+    loop {
+        flush_client(stream, session)?;
+        if session.closing {
+            return Err(LoopEnd::ClientGone);
+        }
+        let mut slots = Vec::with_capacity(4);
+        let mut raw: Vec<(RawFd, PollFlags)> = Vec::with_capacity(4);
+        let client_flags = if session.to_client.bytes.is_empty() {
+            PollFlags::IN
+        } else {
+            PollFlags::IN | PollFlags::OUT
+        };
+        raw.push((stream.as_raw_fd(), client_flags));
+        slots.push(Slot::Client);
+        raw.push((session.channel().event_fd().as_raw_fd(), PollFlags::IN));
+        slots.push(Slot::Events);
+        for (i, p) in session.write_pipes.iter().enumerate() {
+            raw.push((p.read.as_raw_fd(), PollFlags::IN));
+            slots.push(Slot::WritePipe(i));
+        }
+        for (id, p) in &session.read_pipes {
+            if !p.queue.is_empty() || p.hang_up {
+                raw.push((p.write.as_raw_fd(), PollFlags::OUT));
+                slots.push(Slot::ReadPipe(*id));
+            }
+        }
+        // SAFETY: every raw fd above is owned by `stream` or `session`, which outlive this
+        // poll call and are not modified until it returns.
+        let borrowed: Vec<BorrowedFd<'_>> = raw
+            .iter()
+            .map(|(fd, _)| unsafe { BorrowedFd::borrow_raw(*fd) })
+            .collect();
+        let mut pfds: Vec<PollFd<'_>> = borrowed
+            .iter()
+            .zip(&raw)
+            .map(|(fd, (_, flags))| PollFd::new(fd, *flags))
+            .collect();
+        match rustix::event::poll(&mut pfds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(LoopEnd::Io(e.into())),
+        }
+        let ready: Vec<(Slot, PollFlags)> = pfds
+            .iter()
+            .zip(&slots)
+            .filter(|(p, _)| !p.revents().is_empty())
+            .map(|(p, s)| (*s, p.revents()))
+            .collect();
+        drop(pfds);
+        let mut done_write_pipes = Vec::new();
+        for (slot, revents) in ready {
+            match slot {
+                Slot::Client => {
+                    if revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+                        read_client(stream, session, &mut buf)?;
+                    }
+                }
+                Slot::Events => host_messages(session)?,
+                Slot::WritePipe(i) => {
+                    let Some(p) = session.write_pipes.get(i) else {
+                        continue;
+                    };
+                    let id = p.id;
+                    let n = match rustix::io::read(&p.read, &mut pipe_buf) {
+                        Ok(n) => n,
+                        Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
+                        Err(_) => 0,
+                    };
+                    session.pipe_data(id, &pipe_buf[..n])?;
+                    if n == 0 {
+                        done_write_pipes.push(i);
+                    }
+                }
+                Slot::ReadPipe(id) => write_read_pipe(session, id),
+            }
+        }
+        done_write_pipes.sort_unstable();
+        for i in done_write_pipes.into_iter().rev() {
+            session.write_pipes.swap_remove(i);
+        }
+    }
+}
+
+fn host_messages<D: VirtGpu>(session: &mut Session<D>) -> Result<(), LoopEnd> {
+    loop {
+        let m = session
+            .channel()
+            .next_message_timeout(Duration::ZERO)
+            .map_err(SessionError::from)?;
+        match m {
+            None => return Ok(()),
+            Some(ChannelMessage::Receive { data, items }) => session.host_input(&data, items)?,
+            Some(ChannelMessage::Read {
+                pipe,
+                data,
+                hang_up,
+            }) => session.host_read(pipe, &data, hang_up),
+            Some(ChannelMessage::Eof) => return Err(LoopEnd::HostClosed),
+        }
+    }
+}
+
+fn write_read_pipe<D: VirtGpu>(session: &mut Session<D>, id: u32) {
+    let Some(p) = session.read_pipes.get_mut(&id) else {
+        return;
+    };
+    while !p.queue.is_empty() {
+        let (a, _) = p.queue.as_slices();
+        match rustix::io::write(&p.write, a) {
+            Ok(n) => {
+                p.queue.drain(..n);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => return,
+            Err(_) => {
+                // The reader went away: nothing more to deliver.
+                session.read_pipes.remove(&id);
+                return;
+            }
+        }
+    }
+    if p.hang_up {
+        session.read_pipes.remove(&id);
+    }
+}
+
+/// Reads what the client sent and relays it.
+fn read_client<D: VirtGpu>(
+    stream: &UnixStream,
+    session: &mut Session<D>,
+    buf: &mut [u8],
+) -> Result<(), LoopEnd> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_OUT))];
+    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let r = match rustix::net::recvmsg(
+        stream,
+        &mut iov,
+        &mut cmsg,
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+    ) {
+        Ok(r) => r,
+        Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => return Ok(()),
+        Err(rustix::io::Errno::CONNRESET) => return Err(LoopEnd::ClientGone),
+        Err(e) => return Err(LoopEnd::Io(e.into())),
+    };
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for m in cmsg.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if r.bytes == 0 && fds.is_empty() {
+        return Err(LoopEnd::ClientGone);
+    }
+    let n = r.bytes;
+    session.client_input(&buf[..n], fds)?;
+    Ok(())
+}
+
+/// Writes what is queued for the client, each fd with (or before) its message, at most 28 fds
+/// a call. Stops when the socket is full.
+fn flush_client<D: VirtGpu>(stream: &UnixStream, session: &mut Session<D>) -> Result<(), LoopEnd> {
+    let out = &mut session.to_client;
+    while !out.bytes.is_empty() {
+        let nfds = out.fds.len().min(MAX_FDS_OUT);
+        // Bytes up to the message of the first fd left for a later call.
+        let end = out
+            .fds
+            .get(nfds)
+            .map_or(out.bytes.len(), |(at, _)| (*at).max(1));
+        let borrowed: Vec<BorrowedFd<'_>> =
+            out.fds.iter().take(nfds).map(|(_, f)| f.as_fd()).collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_OUT))];
+        let mut cmsg = SendAncillaryBuffer::new(&mut space);
+        if !borrowed.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+            return Err(LoopEnd::Io(std::io::Error::other(
+                "control buffer too small",
+            )));
+        }
+        let iov = [IoSlice::new(&out.bytes[..end])];
+        let sent = match rustix::net::sendmsg(
+            stream,
+            &iov,
+            &mut cmsg,
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        ) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) => return Ok(()),
+            Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => {
+                return Err(LoopEnd::ClientGone);
+            }
+            Err(e) => return Err(LoopEnd::Io(e.into())),
+        };
+        drop(borrowed);
+        out.fds.drain(..nfds);
+        out.bytes.drain(..sent);
+        for (at, _) in out.fds.iter_mut() {
+            *at = at.saturating_sub(sent);
+        }
+    }
+    // Fds whose message was already written (cannot happen: each goes with its bytes).
+    out.fds.clear();
+    Ok(())
+}
+
+/// Writes `stats` to `path` atomically (a temporary file renamed over it).
+pub fn write_stats(path: &Path, stats: &AgentStats) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, stats.to_json())?;
+    std::fs::rename(&tmp, path)
+}
