@@ -813,6 +813,9 @@ pub struct GuestOptions {
     pub relay_args: Vec<OsString>,
     /// More arguments for `crossway-agent`.
     pub agent_args: Vec<OsString>,
+    /// A guest app the agent runs itself (`crossway-agent ... -- APP ARGS`; chain only): the
+    /// guest, and so the VM, ends when it exits.
+    pub app: Vec<OsString>,
 }
 
 /// The guest side of one VM named `vm_name`: a Wayland socket guest apps connect to, relayed to
@@ -841,16 +844,10 @@ pub type GuestChain = Guest;
 
 impl Guest {
     /// The guest of VM `vm_name` in front of the compositor at `host_display`, over
-    /// [`Route::from_env`]. `Ok(None)` after a `SKIP:` line when the chain cannot run here.
-    pub fn start(
-        rt: &Runtime,
-        test: &str,
-        host_display: &Path,
-        vm_name: &str,
-    ) -> Result<Option<Guest>> {
+    /// [`Route::from_env`].
+    pub fn start(rt: &Runtime, host_display: &Path, vm_name: &str) -> Result<Guest> {
         Guest::start_with(
             rt,
-            test,
             host_display,
             vm_name,
             Route::from_env(),
@@ -861,12 +858,11 @@ impl Guest {
     /// Like [`Guest::start`], with the route and options given.
     pub fn start_with(
         rt: &Runtime,
-        test: &str,
         host_display: &Path,
         vm_name: &str,
         route: Route,
         options: &GuestOptions,
-    ) -> Result<Option<Guest>> {
+    ) -> Result<Guest> {
         let dir = rt.path().join(format!("vm-{vm_name}"));
         std::fs::create_dir_all(&dir)?;
         let relay_stats = dir.join("relay-stats.json");
@@ -886,7 +882,7 @@ impl Guest {
                     vec!["filter".into(), "--listen".into(), listen.into()];
                 args.extend(relay_args);
                 let filter = ProxyProcess::start(rt, &format!("filter-{vm_name}"), args)?;
-                Ok(Some(Guest {
+                Ok(Guest {
                     vm_name: vm_name.into(),
                     socket: filter.socket.clone(),
                     route,
@@ -896,7 +892,7 @@ impl Guest {
                     vm: None,
                     relay: None,
                     filter: Some(filter),
-                }))
+                })
             }
             Route::Chain => {
                 let proxy = workspace_binary("crossway-proxy")?;
@@ -919,6 +915,7 @@ impl Guest {
                 let socket = dir.join("wayland-guest");
                 let agent_stats = dir.join("agent-stats.json");
                 let vm_log = dir.join("vm.log");
+                let app_separator = OsString::from("--");
                 let mut vm_cmd = Command::new(&proxy);
                 vm_cmd
                     .arg("vm")
@@ -933,6 +930,12 @@ impl Guest {
                     .arg("--stats-file")
                     .arg(&agent_stats)
                     .args(&options.agent_args)
+                    .args(if options.app.is_empty() {
+                        &[][..]
+                    } else {
+                        std::slice::from_ref(&app_separator)
+                    })
+                    .args(&options.app)
                     .env("XDG_RUNTIME_DIR", rt.path())
                     .env("TMPDIR", rt.path())
                     .env_remove("WAYLAND_DISPLAY")
@@ -941,19 +944,9 @@ impl Guest {
                         rust_log("crossway_proxy=debug,crossway_agent=debug"),
                     );
                 let mut vm = Owned::spawn(&mut vm_cmd, &vm_log)?;
-                if let Err(err) = wait_for_path(&socket, &mut vm, "crossway-proxy vm", &vm_log) {
-                    // The agent of a tree where the relay is not written yet says so and
-                    // exits: that is a missing piece, not a failure of this scenario.
-                    let logs = read_logs(&vm_log);
-                    if logs.contains("guest relay is not built yet") {
-                        say(&format!(
-                            "SKIP: {test}: this tree's crossway-agent has no guest relay yet"
-                        ));
-                        return Ok(None);
-                    }
-                    return Err(err.context(format!("serve log:\n{}", read_logs(&serve_log))));
-                }
-                Ok(Some(Guest {
+                wait_for_path(&socket, &mut vm, "crossway-proxy vm", &vm_log)
+                    .map_err(|e| e.context(format!("serve log:\n{}", read_logs(&serve_log))))?;
+                Ok(Guest {
                     vm_name: vm_name.into(),
                     socket,
                     route,
@@ -963,7 +956,7 @@ impl Guest {
                     vm: Some(vm),
                     relay: Some(relay),
                     filter: None,
-                }))
+                })
             }
         }
     }

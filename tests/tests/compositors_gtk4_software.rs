@@ -15,9 +15,7 @@ fn gtk4_widget_factory_renders_in_software() {
     };
     let rt = Runtime::new().unwrap();
     let host = Host::start(&rt, test, HostKind::Headless).unwrap().unwrap();
-    let Some(guest) = Guest::start(&rt, test, &host.display, "gtk").unwrap() else {
-        return;
-    };
+    let guest = Guest::start(&rt, &host.display, "gtk").unwrap();
     let mut cmd = guest.client(&rt, factory);
     cmd.env("HOME", rt.path())
         .env("GSK_RENDERER", "cairo")
