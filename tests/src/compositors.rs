@@ -19,7 +19,7 @@
 //! scenario through the socket front only (the host-side relay and policy without the VM), to
 //! tell a relay bug from an agent or device bug.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -535,10 +535,10 @@ impl Host {
         load_png_rgba(&png)
     }
 
-    /// The titles of the toplevels the compositor shows, where it can tell: the headless
-    /// compositor (control socket) and sway (its IPC tree). `Ok(None)` for weston, which has
-    /// no way to list them from outside.
-    pub fn toplevel_titles(&self) -> Result<Option<BTreeSet<String>>> {
+    /// The toplevels the compositor shows, title → content rectangle `[x, y, width, height]`
+    /// in output pixels, where it can tell: the headless compositor (control socket) and sway
+    /// (its IPC tree). `Ok(None)` for weston, which has no way to list them from outside.
+    pub fn toplevels(&self) -> Result<Option<BTreeMap<String, [i64; 4]>>> {
         match &self.running {
             Running::Headless(p) => {
                 let control = p
@@ -553,7 +553,10 @@ impl Host {
                     list.as_array()
                         .into_iter()
                         .flatten()
-                        .filter_map(|t| t.get("title")?.as_str().map(str::to_owned))
+                        .filter_map(|t| {
+                            let title = t.get("title")?.as_str()?.to_owned();
+                            Some((title, rect(t.get("rect")?)?))
+                        })
                         .collect(),
                 ))
             }
@@ -570,12 +573,17 @@ impl Host {
                     bail!("swaymsg failed: {}", String::from_utf8_lossy(&out.stderr));
                 }
                 let tree: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-                let mut titles = BTreeSet::new();
-                sway_window_titles(&tree, &mut titles);
-                Ok(Some(titles))
+                let mut windows = BTreeMap::new();
+                sway_windows(&tree, &mut windows);
+                Ok(Some(windows))
             }
             Running::Weston { .. } => Ok(None),
         }
+    }
+
+    /// The titles of [`Host::toplevels`].
+    pub fn toplevel_titles(&self) -> Result<Option<BTreeSet<String>>> {
+        Ok(self.toplevels()?.map(|t| t.into_keys().collect()))
     }
 
     /// Waits up to `timeout` for a toplevel titled `title`; `Ok(false)` if the compositor cannot
@@ -615,12 +623,31 @@ impl Drop for Host {
     }
 }
 
-/// Collects the names of sway's windows (nodes with a pid) from its IPC tree.
-fn sway_window_titles(node: &serde_json::Value, out: &mut BTreeSet<String>) {
+/// A rectangle as sway (`{"x":…,"y":…,"width":…,"height":…}`) or the headless control
+/// socket (`[x, y, w, h]`) writes it.
+fn rect(v: &serde_json::Value) -> Option<[i64; 4]> {
+    if let Some(a) = v.as_array() {
+        let n: Vec<i64> = a.iter().filter_map(serde_json::Value::as_i64).collect();
+        return n.try_into().ok();
+    }
+    let get = |k: &str| v.get(k)?.as_i64();
+    Some([get("x")?, get("y")?, get("width")?, get("height")?])
+}
+
+/// Collects sway's windows (nodes with a pid) from its IPC tree: name → content rectangle
+/// (the container's `rect` moved by its `window_rect`, which leaves out the title bar).
+fn sway_windows(node: &serde_json::Value, out: &mut BTreeMap<String, [i64; 4]>) {
     if node.get("pid").is_some_and(|p| !p.is_null())
         && let Some(name) = node.get("name").and_then(|n| n.as_str())
+        && let (Some(outer), Some(inner)) = (
+            node.get("rect").and_then(rect),
+            node.get("window_rect").and_then(rect),
+        )
     {
-        out.insert(name.to_owned());
+        out.insert(
+            name.to_owned(),
+            [outer[0] + inner[0], outer[1] + inner[1], inner[2], inner[3]],
+        );
     }
     for key in ["nodes", "floating_nodes"] {
         for child in node
@@ -629,7 +656,7 @@ fn sway_window_titles(node: &serde_json::Value, out: &mut BTreeSet<String>) {
             .into_iter()
             .flatten()
         {
-            sway_window_titles(child, out);
+            sway_windows(child, out);
         }
     }
 }
@@ -767,6 +794,23 @@ pub fn load_png_rgba(path: &Path) -> Result<Image> {
 /// How many pixels of `image` are exactly `rgb`.
 pub fn count_colour(image: &Image, rgb: [u8; 3]) -> usize {
     image.rgba.chunks_exact(4).filter(|p| p[..3] == rgb).count()
+}
+
+/// The part of `image` inside `[x, y, width, height]` (clipped to the image).
+pub fn crop(image: &Image, r: [i64; 4]) -> Result<Image> {
+    let clamp = |v: i64, max: u32| v.clamp(0, i64::from(max)) as u32;
+    let (x0, y0) = (clamp(r[0], image.width), clamp(r[1], image.height));
+    let (x1, y1) = (
+        clamp(r[0] + r[2], image.width),
+        clamp(r[1] + r[3], image.height),
+    );
+    let mut rgba = Vec::new();
+    for y in y0..y1 {
+        let start = (y as usize * image.width as usize + x0 as usize) * 4;
+        let end = (y as usize * image.width as usize + x1 as usize) * 4;
+        rgba.extend_from_slice(image.rgba.get(start..end).context("rectangle outside")?);
+    }
+    Image::from_rgba(x1.saturating_sub(x0), y1.saturating_sub(y0), rgba)
 }
 
 /// How many distinct colours `image` has.
