@@ -112,6 +112,7 @@ pub fn run(cli: Cli) -> Result<()> {
     });
     let exit = install_signals(cli.stats_file.clone(), stats.clone())?;
     let listener = socket.listener.try_clone()?;
+    let clients = shared.clone();
     std::thread::Builder::new()
         .name("accept".into())
         .spawn(move || {
@@ -137,6 +138,13 @@ pub fn run(cli: Cli) -> Result<()> {
         loop {
             if let Ok(status) = rx.try_recv() {
                 let status = status.context("waiting for the app")?;
+                // Let the sessions relay what the app sent last (and count it).
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while clients.live.load(std::sync::atomic::Ordering::Relaxed) > 0
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
                 break exit_code(status);
             }
             if let Ok(code) = exit.recv_timeout(std::time::Duration::from_millis(50)) {

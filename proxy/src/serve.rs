@@ -88,6 +88,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         }
         _ => bail!("serve needs exactly one of --socket-path or --fd"),
     };
+    if args.no_udmabuf {
+        tracing::info!("--no-udmabuf: guest blobs are copied into host memfds");
+    }
     if args.virgl {
         tracing::warn!("--virgl accepted but ignored: Crossway does not render virgl");
     }

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use crossway_proxy::headless::{Headless, HeadlessConfig, SocketSpec};
 
+pub mod rutabaga;
+
 /// A private `XDG_RUNTIME_DIR` (mode 0700, as libwayland wants), removed on drop.
 #[derive(Debug)]
 pub struct Runtime {

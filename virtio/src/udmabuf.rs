@@ -142,7 +142,15 @@ impl Udmabuf {
             return Err(UdmabufError::Ioctl(std::io::Error::last_os_error()));
         }
         // SAFETY: on success the ioctl returns a new dmabuf fd that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(rc) })
+        let fd = unsafe { OwnedFd::from_raw_fd(rc) };
+        // The entry count is what the kernel's list_limit caps, and what tests look for to see
+        // a scattered blob become one dmabuf.
+        tracing::debug!(
+            entries = items.len(),
+            bytes = items.iter().map(|it| it.size).sum::<u64>(),
+            "udmabuf created from a scatter list"
+        );
+        Ok(fd)
     }
 }
 

@@ -101,6 +101,18 @@ struct Args {
     /// Exit after this many milliseconds of showing the window (0: run until killed).
     #[arg(long, default_value_t = 0)]
     exit_after: u64,
+    /// Animate only inside this rectangle `X,Y,W,H` (buffer pixels) and damage only it; the
+    /// rest of the window keeps the still pattern.
+    #[arg(long, value_parser = parse_rect)]
+    damage: Option<[u32; 4]>,
+}
+
+fn parse_rect(s: &str) -> Result<[u32; 4], String> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|n| n.trim().parse::<u32>().map_err(|e| format!("{n:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    v.try_into().map_err(|_| "expected X,Y,W,H".to_owned())
 }
 
 /// The colour of pixel (x, y): four quadrants (red, green, blue, white) with a one-pixel
@@ -123,6 +135,8 @@ pub fn pattern(x: u32, y: u32, width: u32, height: u32) -> [u8; 3] {
 
 #[derive(Default)]
 struct State {
+    /// The first frame was shown (later frames damage only `--damage`).
+    shown: bool,
     compositor: Option<wl_compositor::WlCompositor>,
     shm: Option<wl_shm::WlShm>,
     busy: HashMap<ObjectId, bool>,
@@ -201,6 +215,7 @@ fn run(args: &Args) -> Result<(), String> {
     let stride = args.stride.unwrap_or(width * 4 + 64);
     let size = args.offset as usize + stride as usize * height as usize;
     let mut frame = Frame::new(width, height, args.offset, stride, size);
+    frame.animated = args.damage;
 
     let mut buffers = Vec::new();
     for i in 0..2 {
@@ -265,7 +280,12 @@ fn run(args: &Args) -> Result<(), String> {
             presentation.feedback(&surface, &qh, ());
         }
         surface.attach(Some(buffer), 0, 0);
-        surface.damage_buffer(0, 0, width as i32, height as i32);
+        match (args.damage, state.shown) {
+            (Some([x, y, w, h]), true) => {
+                surface.damage_buffer(x as i32, y as i32, w as i32, h as i32)
+            }
+            _ => surface.damage_buffer(0, 0, width as i32, height as i32),
+        }
         surface.frame(&qh, ());
         state.frame_done = false;
         state.busy.insert(buffer.id(), true);
@@ -273,6 +293,7 @@ fn run(args: &Args) -> Result<(), String> {
     };
     present(&mut state, &buffers[0].0);
     roundtrip(&mut queue, &mut state)?;
+    state.shown = true;
     say("shown");
 
     if args.frames > 0 {
@@ -375,6 +396,8 @@ struct Frame {
     offset: u32,
     stride: u32,
     bytes: Vec<u8>,
+    /// Only this rectangle scrolls (`--damage`).
+    animated: Option<[u32; 4]>,
 }
 
 impl Frame {
@@ -385,15 +408,19 @@ impl Frame {
             offset,
             stride,
             bytes: vec![PADDING_BYTE; size],
+            animated: None,
         }
     }
 
     /// Draws the pattern scrolled left by `shift` columns and writes the whole buffer.
     fn draw(&mut self, file: &std::fs::File, shift: u64) -> Result<(), String> {
         let (w, h) = (self.width, self.height);
+        let animated = self.animated;
         let row = |y: u32| -> Vec<u8> {
             (0..w)
                 .flat_map(|x| {
+                    let moves = animated.is_none_or(|[ax, _, aw, _]| x >= ax && x < ax + aw);
+                    let shift = if moves { shift } else { 0 };
                     let sx = ((u64::from(x) + shift) % u64::from(w.max(1))) as u32;
                     let [r, g, b] = pattern(sx, y, w, h);
                     [b, g, r, 0xff]

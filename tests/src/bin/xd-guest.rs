@@ -23,6 +23,13 @@
 //!   `bad: WHAT HAPPENED`, then opens a fresh channel and prints `fresh: N globals` (failing
 //!   unless they are the globals the first channel saw).
 //!
+//! With `--change-after PATH` a window scenario, once shown, waits until PATH exists, then
+//! writes pattern B (pattern A turned half a turn: white, blue / green, red) through the same
+//! guest mapping into the buffer on screen, commits it again and prints `changed` once that
+//! frame is done: on the zero-copy path the host sees the guest's pages themselves.
+//! With `--measure-pid PID` it reads PID's CPU time (utime + stime, /proc/PID/stat) after the
+//! first frame and after the last, and prints `cpu PID ticks T frames F wall_ms W` (ticks of
+//! `getconf CLK_TCK`; F = frames after the first).
 //! With `--hold-until PATH` a window scenario keeps its window (answering pings) until PATH
 //! exists, then prints `released`. Failures print `failed: ...` and exit 1.
 
@@ -96,6 +103,22 @@ struct Cli {
     /// Keep the window until this path exists.
     #[arg(long, value_name = "PATH")]
     hold_until: Option<PathBuf>,
+    /// Window scenarios: once shown, wait for this path, then draw pattern B into the buffer
+    /// on screen through the same mapping and commit it again.
+    #[arg(long, value_name = "PATH")]
+    change_after: Option<PathBuf>,
+    /// Window scenarios: report this process's CPU time over the frames after the first.
+    #[arg(long, value_name = "PID")]
+    measure_pid: Option<u32>,
+}
+
+/// Which picture a window draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pattern {
+    /// Quadrants red, green / blue, white.
+    A,
+    /// Pattern A turned half a turn: white, blue / green, red.
+    B,
 }
 
 fn say(line: &str) -> Result<()> {
@@ -116,11 +139,22 @@ fn pattern(x: u32, y: u32, w: u32, h: u32) -> [u8; 4] {
     }
 }
 
-fn draw(map: &impl VirtGpuMapping, offset: usize, stride: usize, w: u32, h: u32) -> Result<()> {
+fn draw(
+    map: &impl VirtGpuMapping,
+    offset: usize,
+    stride: usize,
+    w: u32,
+    h: u32,
+    which: Pattern,
+) -> Result<()> {
     let mut row = vec![0u8; w as usize * 4];
     for y in 0..h {
         for x in 0..w {
-            row[x as usize * 4..][..4].copy_from_slice(&pattern(x, y, w, h));
+            let px = match which {
+                Pattern::A => pattern(x, y, w, h),
+                Pattern::B => pattern(w - 1 - x, h - 1 - y, w, h),
+            };
+            row[x as usize * 4..][..4].copy_from_slice(&px);
         }
         map.write_at(offset + y as usize * stride, &row)?;
     }
@@ -397,16 +431,26 @@ impl Conn {
         Ok(id)
     }
 
-    /// Keeps serving (pongs) until `path` exists.
+    /// Keeps serving (pongs) until `path` exists, then prints `released`.
     fn hold(&mut self, path: Option<&Path>) -> Result<()> {
         let Some(path) = path else { return Ok(()) };
+        self.serve_until(path)?;
+        say("released")
+    }
+
+    /// Keeps serving (pongs) until `path` exists.
+    fn serve_until(&mut self, path: &Path) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
         while !path.exists() {
-            ensure!(Instant::now() < deadline, "never released");
+            ensure!(
+                Instant::now() < deadline,
+                "{} never appeared",
+                path.display()
+            );
             self.dispatch(Duration::from_millis(20))?;
             self.events.clear();
         }
-        say("released")
+        Ok(())
     }
 }
 
@@ -488,41 +532,106 @@ fn buffer(
     Ok(buf)
 }
 
-/// Attach, damage, frame, commit, wait for the frame's done; `frames` times over `buffers`.
+/// Attach `buf`, damage all of it, ask for a frame callback, commit, and wait for it.
+fn commit_frame(
+    c: &mut Conn,
+    surface: u32,
+    buf: u32,
+    cli: &Cli,
+    damage_buffer: bool,
+) -> Result<()> {
+    c.request(
+        surface,
+        "attach",
+        &[Arg::Object(Some(oid(buf)?)), Arg::Int(0), Arg::Int(0)],
+        &[],
+    )?;
+    let rect = [
+        Arg::Int(0),
+        Arg::Int(0),
+        Arg::Int(cli.width as i32),
+        Arg::Int(cli.height as i32),
+    ];
+    let damage = if damage_buffer {
+        "damage_buffer"
+    } else {
+        "damage"
+    };
+    c.request(surface, damage, &rect, &[])?;
+    let cb = c.new_id();
+    c.request(surface, "frame", &[Arg::NewId(oid(cb)?)], &[])?;
+    c.request(surface, "commit", &[], &[])?;
+    c.wait("frame done", |e| e.is(cb, "done"))?;
+    Ok(())
+}
+
+/// utime + stime of `pid` in clock ticks (fields 14 and 15 of /proc/PID/stat, counted after
+/// the command name, which may hold spaces and parentheses).
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("no command name in /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .context("/proc/PID/stat too short")?
+            .parse()
+            .context("/proc/PID/stat field")
+    };
+    // After ')', field 3 (state) is index 0: utime (14) is 11, stime (15) is 12.
+    Ok(field(11)? + field(12)?)
+}
+
+/// `frames` frames over `buffers`, in turn; returns the index of the buffer left on screen.
 fn present(
     c: &mut Conn,
     surface: u32,
     buffers: &[u32],
     cli: &Cli,
     damage_buffer: bool,
-) -> Result<()> {
+) -> Result<usize> {
+    let mut start = None;
     for n in 0..cli.frames {
-        let buf = buffers[n as usize % buffers.len()];
-        c.request(
-            surface,
-            "attach",
-            &[Arg::Object(Some(oid(buf)?)), Arg::Int(0), Arg::Int(0)],
-            &[],
-        )?;
-        let rect = [
-            Arg::Int(0),
-            Arg::Int(0),
-            Arg::Int(cli.width as i32),
-            Arg::Int(cli.height as i32),
-        ];
-        let damage = if damage_buffer {
-            "damage_buffer"
-        } else {
-            "damage"
-        };
-        c.request(surface, damage, &rect, &[])?;
-        let cb = c.new_id();
-        c.request(surface, "frame", &[Arg::NewId(oid(cb)?)], &[])?;
-        c.request(surface, "commit", &[], &[])?;
-        c.wait("frame done", |e| e.is(cb, "done"))?;
+        let i = n as usize % buffers.len();
+        commit_frame(c, surface, buffers[i], cli, damage_buffer)?;
         say(&format!("frame {}", n + 1))?;
+        if let (0, Some(pid)) = (n, cli.measure_pid) {
+            start = Some((cpu_ticks(pid)?, Instant::now()));
+        }
     }
-    say("shown")
+    if let (Some(pid), Some((ticks, at))) = (cli.measure_pid, start) {
+        let used = cpu_ticks(pid)?.saturating_sub(ticks);
+        say(&format!(
+            "cpu {pid} ticks {used} frames {} wall_ms {}",
+            cli.frames - 1,
+            at.elapsed().as_millis()
+        ))?;
+    }
+    say("shown")?;
+    Ok((cli.frames.max(1) as usize - 1) % buffers.len())
+}
+
+/// `--change-after`: waits for the path, draws pattern B with `redraw` into the buffer on
+/// screen, and commits that buffer again.
+fn change(
+    c: &mut Conn,
+    surface: u32,
+    buf: u32,
+    cli: &Cli,
+    damage_buffer: bool,
+    redraw: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    let Some(path) = cli.change_after.as_deref() else {
+        return Ok(());
+    };
+    c.serve_until(path)?;
+    redraw()?;
+    commit_frame(c, surface, buf, cli, damage_buffer)?;
+    say("changed")
 }
 
 /// The registry, then wl_compositor at `compositor_version`, xdg_wm_base v1 and wl_shm v1 in
@@ -558,12 +667,16 @@ fn shm_window(c: &mut Conn, cli: &Cli) -> Result<()> {
     let mut blobs = Vec::new();
     for _ in 0..2 {
         let blob = c.ch.create_guest_blob(size)?;
-        draw(&blob.mapping, 0, stride as usize, w, h)?;
+        draw(&blob.mapping, 0, stride as usize, w, h, Pattern::A)?;
         buffers.push(buffer(c, shm, blob.res_id, size, 0, stride, w, h)?);
         blobs.push(blob);
     }
     say(&format!("buffer {w}x{h} guest-blob"))?;
-    present(c, surface, &buffers, cli, false)?;
+    let on_screen = present(c, surface, &buffers, cli, false)?;
+    let mapping = &blobs[on_screen].mapping;
+    change(c, surface, buffers[on_screen], cli, false, || {
+        draw(mapping, 0, stride as usize, w, h, Pattern::B)
+    })?;
     c.hold(cli.hold_until.as_deref())
 }
 
@@ -580,13 +693,17 @@ fn host_blob_window(c: &mut Conn, cli: &Cli) -> Result<()> {
     ))?;
     ensure!(req.strides[0] >= w * 4, "stride below a row");
     let blob = c.ch.blob_for_image(&req)?;
-    draw(
-        &blob.mapping,
-        req.offsets[0] as usize,
-        req.strides[0] as usize,
-        w,
-        h,
-    )?;
+    let redraw = |which| {
+        draw(
+            &blob.mapping,
+            req.offsets[0] as usize,
+            req.strides[0] as usize,
+            w,
+            h,
+            which,
+        )
+    };
+    redraw(Pattern::A)?;
     let buf = buffer(
         c,
         shm,
@@ -599,6 +716,7 @@ fn host_blob_window(c: &mut Conn, cli: &Cli) -> Result<()> {
     )?;
     say(&format!("buffer {w}x{h} host-blob"))?;
     present(c, surface, &[buf], cli, true)?;
+    change(c, surface, buf, cli, true, || redraw(Pattern::B))?;
     c.hold(cli.hold_until.as_deref())
 }
 
@@ -661,10 +779,21 @@ fn clipboard_paste(c: &mut Conn, cli: &Cli) -> Result<()> {
     let keyboard = c.new_id();
     c.request(seat, "get_keyboard", &[Arg::NewId(oid(keyboard)?)], &[])?;
     let (surface, xdg_surface, top) = toplevel(c, compositor, wm, cli)?;
-    // A 1x1 buffer so the window maps and gets keyboard focus (and with it the selection).
-    let blob = c.ch.create_guest_blob(4096)?;
+    // A 1x1 buffer so the window maps and gets keyboard focus (and with it the selection): a
+    // guest blob where the host takes them in SEND, else a HOST3D blob it laid out.
+    let guest_blobs = c.ch.caps().crossway.as_ref().is_some_and(|caps| {
+        caps.flags & crossway_protocols::capset::CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND != 0
+    });
+    let (blob, size, stride) = if guest_blobs {
+        (c.ch.create_guest_blob(4096)?, 4, 4)
+    } else {
+        let req =
+            c.ch.image_requirements(1, 1, u32::from_le_bytes(*b"XR24"), 0)?;
+        let blob = c.ch.blob_for_image(&req)?;
+        (blob, req.size, req.strides[0])
+    };
     blob.mapping.write_at(0, &[0, 0, 0, 255])?;
-    let buf = buffer(c, shm, blob.res_id, 4, 0, 4, 1, 1)?;
+    let buf = buffer(c, shm, blob.res_id, size, 0, stride, 1, 1)?;
     c.request(
         surface,
         "attach",

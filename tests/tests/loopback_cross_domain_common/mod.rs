@@ -155,7 +155,7 @@ fn release_window(guest: Process, hold: &Path) -> Vec<String> {
 }
 
 /// Calls `look` every 50 ms until it is true or 20 s have passed; true if it ever was.
-fn eventually(mut look: impl FnMut() -> bool) -> bool {
+pub fn eventually(mut look: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if look() {

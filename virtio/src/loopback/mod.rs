@@ -11,7 +11,8 @@
 //! [`frontend`] is the VMM half, [`vring`] the driver's split rings, [`driver`] the ioctls
 //! ([`driver::LoopbackFile`] implements `crossway_protocols::virtgpu::VirtGpu`), [`mmap`] the
 //! blob mappings (the only `unsafe` besides [`fdpass`]). [`server`] serves device files to
-//! other processes over a Unix socket ([`wire`] is its protocol), and [`client`] is their side
+//! other processes over a Unix socket ([`wire`] is its protocol; any [`ServedDevice`] can be
+//! served, not only this VM), and [`client`] is their side
 //! ([`client::LoopbackClient`] implements `VirtGpu` too).
 
 pub mod client;
@@ -25,4 +26,4 @@ pub mod wire;
 
 pub use client::LoopbackClient;
 pub use driver::{LoopbackConfig, LoopbackFile, LoopbackVm};
-pub use server::{LoopbackServer, ServerConfig};
+pub use server::{LoopbackServer, ServedDevice, ServedFile, ServerConfig};

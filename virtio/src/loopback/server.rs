@@ -6,6 +6,10 @@
 //!                ◀── event fd, map fds ──┘                      per connection ──▶ LoopbackVm
 //! ```
 //!
+//! The server is generic over the device it serves ([`ServedDevice`], whose files are
+//! [`ServedFile`]s): the loopback VM in production, and in tests a reference host (rutabaga's
+//! cross-domain context) that must answer guest programs exactly as this socket does.
+//!
 //! A connection's misbehaviour ends that connection only: an unparsable request gets an error
 //! reply, a broken frame (oversized, cut short) closes the connection, and its `LoopbackFile`
 //! is dropped, which closes its GEM handles and destroys its context as the kernel does when
@@ -22,6 +26,7 @@ use std::time::Duration;
 use crossway_protocols::virtgpu::{VirtGpu, VirtGpuError, drm_virtgpu_execbuffer};
 
 use crate::loopback::driver::{LoopbackFile, LoopbackVm};
+use crate::loopback::mmap::{Mapping, Piece};
 use crate::loopback::wire::{
     self, Frame, Request, STATUS_ERR, STATUS_OK, WireError, Writer, encode_error,
 };
@@ -61,8 +66,59 @@ pub enum ServerError {
     Thread(#[source] std::io::Error),
 }
 
-struct Shared {
-    vm: LoopbackVm,
+/// A device the socket server serves: each connection opens one file of it, as each `open()`
+/// of a render node does.
+pub trait ServedDevice: Send + Sync + 'static {
+    /// One open device file.
+    type File: ServedFile;
+    /// Opens a device file for a new connection.
+    fn open(&self) -> Result<Self::File, VirtGpuError>;
+}
+
+/// One open device file as the socket server needs it: the `VirtGpu` calls, plus what `MAP`
+/// answers with, since the program on the other side maps the memory itself.
+pub trait ServedFile: VirtGpu {
+    /// What `MAP` + `mmap` of `bo_handle` covers: a file and the `(offset, len)` pieces of it
+    /// to map one after another (page aligned).
+    fn map_pieces(&self, bo_handle: u32) -> Result<(OwnedFd, Vec<(u64, usize)>), VirtGpuError>;
+
+    /// The context id of this file on the device, for logs.
+    fn ctx_id(&self) -> u32;
+}
+
+/// Maps what [`ServedFile::map_pieces`] names, for a [`ServedFile`] whose own `map` is the same
+/// view in this process.
+pub fn map_served(file: &impl ServedFile, bo_handle: u32) -> Result<Mapping, VirtGpuError> {
+    let (fd, pieces) = file.map_pieces(bo_handle)?;
+    let pieces: Vec<Piece<'_>> = pieces
+        .iter()
+        .map(|&(offset, len)| Piece {
+            fd: fd.as_fd(),
+            offset,
+            len,
+        })
+        .collect();
+    Mapping::new(&pieces)
+}
+
+impl ServedDevice for LoopbackVm {
+    type File = LoopbackFile;
+    fn open(&self) -> Result<LoopbackFile, VirtGpuError> {
+        LoopbackVm::open(self)
+    }
+}
+
+impl ServedFile for LoopbackFile {
+    fn map_pieces(&self, bo_handle: u32) -> Result<(OwnedFd, Vec<(u64, usize)>), VirtGpuError> {
+        LoopbackFile::map_pieces(self, bo_handle)
+    }
+    fn ctx_id(&self) -> u32 {
+        LoopbackFile::ctx_id(self)
+    }
+}
+
+struct Shared<D> {
+    vm: D,
     config: ServerConfig,
     stop: AtomicBool,
     active: AtomicUsize,
@@ -72,15 +128,15 @@ struct Shared {
     conns: Mutex<Vec<(usize, UnixStream)>>,
 }
 
-/// A listening loopback socket. Dropping it stops accepting, shuts every connection down and
-/// removes the socket file.
-pub struct LoopbackServer {
-    shared: Arc<Shared>,
+/// A listening loopback socket serving `D` (the loopback VM unless said otherwise). Dropping it
+/// stops accepting, shuts every connection down and removes the socket file.
+pub struct LoopbackServer<D: ServedDevice = LoopbackVm> {
+    shared: Arc<Shared<D>>,
     path: PathBuf,
     thread: Option<JoinHandle<()>>,
 }
 
-impl std::fmt::Debug for LoopbackServer {
+impl<D: ServedDevice> std::fmt::Debug for LoopbackServer<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoopbackServer")
             .field("path", &self.path)
@@ -89,13 +145,13 @@ impl std::fmt::Debug for LoopbackServer {
     }
 }
 
-impl LoopbackServer {
+impl<D: ServedDevice> LoopbackServer<D> {
     /// Listens at `path` (a stale socket file there is replaced) and serves `vm`.
     pub fn bind(
-        vm: LoopbackVm,
+        vm: D,
         path: &Path,
         config: ServerConfig,
-    ) -> Result<LoopbackServer, ServerError> {
+    ) -> Result<LoopbackServer<D>, ServerError> {
         let bind_err = |source| ServerError::Bind {
             path: path.to_owned(),
             source,
@@ -140,7 +196,7 @@ impl LoopbackServer {
     }
 }
 
-impl Drop for LoopbackServer {
+impl<D: ServedDevice> Drop for LoopbackServer<D> {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
@@ -159,7 +215,7 @@ impl Drop for LoopbackServer {
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
+fn accept_loop<D: ServedDevice>(shared: &Arc<Shared<D>>, listener: &UnixListener) {
     let timeout = rustix::time::Timespec {
         tv_sec: 0,
         tv_nsec: 100_000_000,
@@ -230,7 +286,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
     }
 }
 
-fn serve_connection(shared: &Shared, stream: UnixStream) {
+fn serve_connection<D: ServedDevice>(shared: &Shared<D>, stream: UnixStream) {
     let max = shared.config.max_message;
     let mut file = match shared.vm.open() {
         Ok(f) => f,
@@ -267,7 +323,7 @@ fn serve_connection(shared: &Shared, stream: UnixStream) {
 }
 
 /// One request's reply body and descriptor.
-fn answer(file: &mut LoopbackFile, frame: Frame, max: usize) -> (Vec<u8>, Option<OwnedFd>) {
+fn answer(file: &mut impl ServedFile, frame: Frame, max: usize) -> (Vec<u8>, Option<OwnedFd>) {
     let mut w = Writer::default();
     match dispatch(file, frame, max, &mut w) {
         Ok(fd) => {
@@ -287,7 +343,7 @@ fn answer(file: &mut LoopbackFile, frame: Frame, max: usize) -> (Vec<u8>, Option
 }
 
 fn dispatch(
-    file: &mut LoopbackFile,
+    file: &mut impl ServedFile,
     frame: Frame,
     max: usize,
     w: &mut Writer,

@@ -1,0 +1,79 @@
+# shellcheck shell=bash disable=SC2034,SC2154 # tests/vm/run reads the settings, sets the logs
+# udmabuf (host half, sourced by tests/vm/run): the host side of Crossway runs *inside* the VM,
+# whose 6.12 kernel has udmabuf built in, so guest blobs take the real zero-copy path. The VM
+# gets the host's own root read-only over 9p (the workspace's binaries run as built, with the
+# host's libraries) and a writable 9p folder for results; udmabuf.guest chroots into the root
+# and runs udmabuf.inner, which does the work and the checks (see its header). This half
+# judges what it wrote: the checks, the screenshots' names, and the figures.
+#
+# Environment: CROSSWAY_XD_GUEST (default target/debug/crossway-xd-guest, built when
+# missing), CROSSWAY_PERF_FRAMES (frames per measured path, default 30).
+scenario_modules=(9pnet_virtio 9p)
+scenario_qemu_args=()
+scenario_backend=none
+scenario_mem=1536M
+scenario_smp=2
+scenario_timeout=240
+
+scenario_prepare() {
+    local xd_guest=${CROSSWAY_XD_GUEST:-$repo/target/debug/crossway-xd-guest}
+    if [ ! -x "$xd_guest" ]; then
+        say "building crossway-xd-guest"
+        (cd "$repo" && cargo build --quiet -p crossway-tests --bin crossway-xd-guest)
+    fi
+    mkdir -p "$work/out"
+    # The guest sees the host's root at the same paths; the 9p share is read-only, and
+    # multidevs=remap keeps inode numbers unique across the host's mounts.
+    scenario_qemu_args=(
+        -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
+        -virtfs "local,path=$work/out,mount_tag=out,security_model=none"
+    )
+    local p
+    for p in "$proxy" "$xd_guest" "$here/scenarios/udmabuf.inner"; do
+        case $p in
+            /*[[:space:]]* | [!/]*)
+                echo "vm/run: $p: the udmabuf scenario needs absolute paths without spaces" >&2
+                exit 2
+                ;;
+        esac
+    done
+    scenario_append="crossway.proxy=$proxy crossway.xd_guest=$xd_guest"
+    scenario_append+=" crossway.inner=$here/scenarios/udmabuf.inner"
+    scenario_append+=" crossway.perf_frames=${CROSSWAY_PERF_FRAMES:-30}"
+}
+
+scenario_check() {
+    local checks=$work/out/checks figures=$work/out/figures line
+    if [ ! -s "$checks" ]; then
+        bad "the inner script wrote no checks ($checks)"
+        return
+    fi
+    while IFS= read -r line; do
+        case $line in
+            "ok "*) ok "${line#ok }" ;;
+            *) bad "${line#FAIL }" ;;
+        esac
+    done <"$checks"
+    # The screenshots, checked here: pure Python is too slow under TCG.
+    local name pattern w h msg
+    while read -r name pattern w h; do
+        if msg=$(/usr/bin/python3 "$here/scenarios/udmabuf.pngcheck" "$work/out/$name.png" "$pattern" "$w" "$h" 2>&1); then
+            ok "pattern $pattern on the host compositor: ${msg#"$work/out/"}"
+        else
+            bad "pattern $pattern on the host compositor: ${msg#"$work/out/"}"
+        fi
+    done <"$work/out/pictures"
+    # What the issue asks for, each checked by the inner script; their absence is a failure
+    # here too, so that a script that stopped early cannot pass.
+    expect "udmabuf present in the VM" '^ok /dev/udmabuf exists' "$checks"
+    grep -q '^pattern-a A ' "$work/out/pictures" || bad "no screenshot of pattern A"
+    grep -q '^pattern-b B ' "$work/out/pictures" || bad "no screenshot of pattern B"
+    expect "zero copies after the change" '^ok stats after pattern B: zero-copy dmabuf buffers [1-9][0-9]*, copy-path buffers 0, bytes copied 0$' "$checks"
+    expect "one dmabuf from a long scatter list" '^ok a scatter list of [0-9]+ page ranges imported as one dmabuf' "$checks"
+    expect "udmabuf path measured" '^ok perf \(udmabuf\): stats: zero-copy' "$checks"
+    expect "copy path forced by --no-udmabuf" '^ok perf \(--no-udmabuf\): copy-path buffers [1-9]' "$checks"
+    if [ -s "$figures" ]; then
+        echo "vm/run: figures (serve's CPU per frame in the VM, TCG):"
+        sed 's/^/  figure /' "$figures"
+    fi
+}
