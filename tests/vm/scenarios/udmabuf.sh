@@ -6,8 +6,9 @@
 # and runs udmabuf.inner, which does the work and the checks (see its header). This half
 # judges what it wrote: the checks, the screenshots' names, and the figures.
 #
-# Environment: CROSSWAY_XD_GUEST (default target/debug/crossway-xd-guest, built when
-# missing), CROSSWAY_PERF_FRAMES (frames per measured path, default 30).
+# Environment: CROSSWAY_AGENT, CROSSWAY_TEST_CLIENT (the guest side; default
+# target/debug/crossway-agent and target/debug/crossway-test-client, built when missing),
+# CROSSWAY_PERF_FRAMES (frames per measured path, default 30).
 scenario_modules=(9pnet_virtio 9p)
 scenario_qemu_args=()
 scenario_backend=none
@@ -16,10 +17,15 @@ scenario_smp=2
 scenario_timeout=240
 
 scenario_prepare() {
-    local xd_guest=${CROSSWAY_XD_GUEST:-$repo/target/debug/crossway-xd-guest}
-    if [ ! -x "$xd_guest" ]; then
-        say "building crossway-xd-guest"
-        (cd "$repo" && cargo build --quiet -p crossway-tests --bin crossway-xd-guest)
+    local agent=${CROSSWAY_AGENT:-$repo/target/debug/crossway-agent}
+    local test_client=${CROSSWAY_TEST_CLIENT:-$repo/target/debug/crossway-test-client}
+    if [ ! -x "$agent" ]; then
+        say "building crossway-agent"
+        (cd "$repo" && cargo build --quiet -p crossway-agent --bin crossway-agent)
+    fi
+    if [ ! -x "$test_client" ]; then
+        say "building crossway-test-client"
+        (cd "$repo" && cargo build --quiet -p crossway-tests --bin crossway-test-client)
     fi
     mkdir -p "$work/out"
     # The guest sees the host's root at the same paths; the 9p share is read-only, and
@@ -29,7 +35,7 @@ scenario_prepare() {
         -virtfs "local,path=$work/out,mount_tag=out,security_model=none"
     )
     local p
-    for p in "$proxy" "$xd_guest" "$here/scenarios/udmabuf.inner"; do
+    for p in "$proxy" "$agent" "$test_client" "$here/scenarios/udmabuf.inner"; do
         case $p in
             /*[[:space:]]* | [!/]*)
                 echo "vm/run: $p: the udmabuf scenario needs absolute paths without spaces" >&2
@@ -37,7 +43,7 @@ scenario_prepare() {
                 ;;
         esac
     done
-    scenario_append="crossway.proxy=$proxy crossway.xd_guest=$xd_guest"
+    scenario_append="crossway.proxy=$proxy crossway.agent=$agent crossway.test_client=$test_client"
     scenario_append+=" crossway.inner=$here/scenarios/udmabuf.inner"
     scenario_append+=" crossway.perf_frames=${CROSSWAY_PERF_FRAMES:-30}"
 }
@@ -70,6 +76,7 @@ scenario_check() {
     grep -q '^pattern-b B ' "$work/out/pictures" || bad "no screenshot of pattern B"
     expect "zero copies after the change" '^ok stats after pattern B: zero-copy dmabuf buffers [1-9][0-9]*, copy-path buffers 0, bytes copied 0$' "$checks"
     expect "one dmabuf from a long scatter list" '^ok a scatter list of [0-9]+ page ranges imported as one dmabuf' "$checks"
+    expect "no copy in the guest (agent)" '^ok zero-copy phase: agent forwarded 2 dmabufs by resource id, copied 0, bytes copied 0$' "$checks"
     expect "udmabuf path measured" '^ok perf \(udmabuf\): stats: zero-copy' "$checks"
     expect "copy path forced by --no-udmabuf" '^ok perf \(--no-udmabuf\): copy-path buffers [1-9]' "$checks"
     if [ -s "$figures" ]; then
