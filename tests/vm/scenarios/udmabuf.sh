@@ -8,13 +8,15 @@
 #
 # Environment: CROSSWAY_AGENT, CROSSWAY_TEST_CLIENT (the guest side; default
 # target/debug/crossway-agent and target/debug/crossway-test-client, built when missing),
-# CROSSWAY_PERF_FRAMES (frames per measured path, default 30).
+# CROSSWAY_PERF_FRAMES (frames per measured path, default 30), CROSSWAY_WESTON14_ROOT (weston 14
+# unpacked by `scripts/deps weston14`; default $cache/weston14 when complete there: the
+# second host compositor, skipped without it).
 scenario_modules=(9pnet_virtio 9p)
 scenario_qemu_args=()
 scenario_backend=none
 scenario_mem=1536M
 scenario_smp=2
-scenario_timeout=240
+scenario_timeout=300
 
 scenario_prepare() {
     local agent=${CROSSWAY_AGENT:-$repo/target/debug/crossway-agent}
@@ -44,6 +46,13 @@ scenario_prepare() {
         esac
     done
     scenario_append="crossway.proxy=$proxy crossway.agent=$agent crossway.test_client=$test_client"
+    local weston14=${CROSSWAY_WESTON14_ROOT:-$cache/weston14}
+    if [ -f "$weston14/.complete" ] || [ -n "${CROSSWAY_WESTON14_ROOT:-}" ]; then
+        case $weston14 in
+            /*[[:space:]]* | [!/]*) say "weston 14 at $weston14 cannot be named on the kernel command line: skipped" ;;
+            *) scenario_append+=" crossway.weston14=$weston14" ;;
+        esac
+    fi
     scenario_append+=" crossway.inner=$here/scenarios/udmabuf.inner"
     scenario_append+=" crossway.perf_frames=${CROSSWAY_PERF_FRAMES:-30}"
 }
@@ -57,13 +66,15 @@ scenario_check() {
     while IFS= read -r line; do
         case $line in
             "ok "*) ok "${line#ok }" ;;
+            "skip "*) say "skipped: ${line#skip }" ;;
             *) bad "${line#FAIL }" ;;
         esac
     done <"$checks"
     # The screenshots, checked here: pure Python is too slow under TCG.
-    local name pattern w h msg
-    while read -r name pattern w h; do
-        if msg=$(/usr/bin/python3 "$here/scenarios/udmabuf.pngcheck" "$work/out/$name.png" "$pattern" "$w" "$h" 2>&1); then
+    local name pattern w h find msg
+    while read -r name pattern w h find; do
+        # shellcheck disable=SC2086 # find is empty or one word
+        if msg=$(/usr/bin/python3 "$here/scenarios/udmabuf.pngcheck" "$work/out/$name.png" "$pattern" "$w" "$h" $find 2>&1); then
             ok "pattern $pattern on the host compositor: ${msg#"$work/out/"}"
         else
             bad "pattern $pattern on the host compositor: ${msg#"$work/out/"}"
@@ -77,6 +88,12 @@ scenario_check() {
     expect "zero copies after the change" '^ok stats after pattern B: zero-copy dmabuf buffers [1-9][0-9]*, copy-path buffers 0, bytes copied 0$' "$checks"
     expect "one dmabuf from a long scatter list" '^ok a scatter list of [0-9]+ page ranges imported as one dmabuf' "$checks"
     expect "no copy in the guest (agent)" '^ok zero-copy phase: agent forwarded 2 dmabufs by resource id, copied 0, bytes copied 0$' "$checks"
+    if ! grep -q '^skip weston 14' "$checks"; then
+        grep -q '^weston-a A ' "$work/out/pictures" || bad "no weston 14 screenshot of pattern A"
+        grep -q '^weston-b B ' "$work/out/pictures" || bad "no weston 14 screenshot of pattern B"
+        expect "weston 14: zero copies after the change" '^ok weston 14: stats after pattern B: zero-copy dmabuf buffers [1-9][0-9]*, copy-path buffers 0, bytes copied 0$' "$checks"
+        expect "weston 14: no copy in the guest (agent)" '^ok weston 14: agent forwarded 2 dmabufs by resource id, copied 0, bytes copied 0$' "$checks"
+    fi
     expect "udmabuf path measured" '^ok perf \(udmabuf\): stats: zero-copy' "$checks"
     expect "copy path forced by --no-udmabuf" '^ok perf \(--no-udmabuf\): copy-path buffers [1-9]' "$checks"
     if [ -s "$figures" ]; then
