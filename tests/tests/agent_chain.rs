@@ -616,3 +616,58 @@ fn a_broken_client_gets_an_error_and_the_others_keep_going() {
         "the agent reports how bad clients ended:\n{log}"
     );
 }
+
+#[test]
+fn systemd_socket_activation_serves_the_passed_socket() {
+    let test = "systemd_socket_activation_serves_the_passed_socket";
+    let (Some(activate), Some(info)) = (
+        require(test, "systemd-socket-activate", "systemd"),
+        require(test, "wayland-info", "wayland-utils"),
+    ) else {
+        return;
+    };
+    let rt = Runtime::new().unwrap();
+    let host = headless(&rt, "host-0").unwrap();
+    let socket = rt.path().join("activated.sock");
+    // systemd-socket-activate listens, and at the first connection runs the agent with the
+    // socket as fd 3 (LISTEN_FDS=1, LISTEN_PID = the agent).
+    let mut cmd = Command::new(workspace_binary("crossway-proxy").unwrap());
+    cmd.env("XDG_RUNTIME_DIR", rt.path())
+        .args(["vm", "--vm-name", VM, "--wayland-display"])
+        .arg(&host.display)
+        .arg("--")
+        .arg(activate)
+        .arg("-l")
+        .arg(&socket)
+        .args(["-E", "CROSSWAY_VIRTGPU", "-E", "XDG_RUNTIME_DIR"])
+        .arg(workspace_binary("crossway-agent").unwrap())
+        .stdin(Stdio::null());
+    let vm = Process::spawn("vm + socket activation", &mut cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "systemd-socket-activate never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, out, err) = Process::spawn("wayland-info", &mut rt.client(&info, &socket))
+        .unwrap()
+        .wait(Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        parse_wayland_info(&out).contains_key("wl_compositor"),
+        "{out}"
+    );
+    // The agent served the passed socket and bound none of its own.
+    assert!(!rt.path().join("wayland-0").exists());
+    let chain = Chain {
+        process: Some(vm),
+        socket,
+        stats: PathBuf::new(),
+        backend: Backend::Proxy,
+        _reference: None,
+    };
+    chain.stop();
+}
