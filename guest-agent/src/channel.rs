@@ -870,7 +870,7 @@ impl<D: VirtGpu> Channel<D> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::io::Write as _;
@@ -884,7 +884,7 @@ mod tests {
     use super::*;
 
     #[derive(Debug, Clone)]
-    struct MockMapping(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct MockMapping(Arc<Mutex<Vec<u8>>>);
 
     impl VirtGpuMapping for MockMapping {
         fn len(&self) -> usize {
@@ -911,24 +911,24 @@ mod tests {
     }
 
     /// Execbuffer as recorded: flags, ring, bo handles, command bytes.
-    type Exec = (u32, u32, Vec<u32>, Vec<u8>);
+    pub(crate) type Exec = (u32, u32, Vec<u32>, Vec<u8>);
 
     /// A device that records what the channel submits; the test plays the host by writing the
     /// rings and the event pipe.
     #[derive(Debug)]
-    struct Mock {
+    pub(crate) struct Mock {
         capset_mask: u64,
         channels: u32,
         context: Vec<drm_virtgpu_context_set_param>,
-        blobs: Vec<(drm_virtgpu_resource_create_blob, MockMapping)>,
-        execs: Vec<Exec>,
-        image_reply: CrossDomainImageRequirements,
+        pub(crate) blobs: Vec<(drm_virtgpu_resource_create_blob, MockMapping)>,
+        pub(crate) execs: Vec<Exec>,
+        pub(crate) image_reply: CrossDomainImageRequirements,
         events: OwnedFd,
         host_events: std::io::PipeWriter,
     }
 
     impl Mock {
-        fn new() -> Mock {
+        pub(crate) fn new() -> Mock {
             let (r, w) = std::io::pipe().unwrap();
             let mut image_reply = CrossDomainImageRequirements::default();
             image_reply.strides[0].set(256);
@@ -951,7 +951,7 @@ mod tests {
         }
 
         /// The host writes `msg` into the channel ring and signals the POLL fence.
-        fn host_message(&mut self, ring: &[u8]) {
+        pub(crate) fn host_message(&mut self, ring: &[u8]) {
             self.ring(1).write_at(0, ring).unwrap();
             self.host_events
                 .write_all(&DrmEvent::FENCE_SIGNALED.to_bytes())
@@ -1039,11 +1039,11 @@ mod tests {
         }
     }
 
-    fn open() -> Channel<Mock> {
+    pub(crate) fn open() -> Channel<Mock> {
         Channel::open(Mock::new(), ChannelConfig::default()).unwrap()
     }
 
-    fn u32_at(b: &[u8], at: usize) -> u32 {
+    pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
         u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
     }
 

@@ -891,21 +891,20 @@ impl<D: VirtGpu> Session<D> {
         let src_ranges = copy_ranges(&b.layout, &region, b.source_size)
             .map_err(|e| client_err(buffer, code::INVALID_OBJECT, e.to_string()))?;
         let blob = &self.blobs[&b.bo].blob;
-        let dst_ranges = match &b.blob_layout {
-            None => src_ranges.clone(),
-            Some(l) => copy_ranges(l, &region, blob.size)
-                .map_err(|e| host_err(format!("blob layout: {e}")))?,
+        let plan = match &b.blob_layout {
+            None => src_ranges
+                .iter()
+                .map(|r| (r.start, r.start, r.end - r.start))
+                .collect(),
+            Some(dst) => relayout(&b.layout, dst, &src_ranges)
+                .ok_or_else(|| host_err("the blob's layout does not hold the buffer"))?,
         };
-        if src_ranges.len() != dst_ranges.len() {
-            return Err(host_err("source and blob layouts disagree"));
-        }
         let mut copied = 0;
-        for (src, dst) in src_ranges.iter().zip(&dst_ranges) {
-            let len = src.end - src.start;
-            if len != dst.end - dst.start {
-                return Err(host_err("source and blob rows disagree"));
+        for (src, dst, len) in plan {
+            if dst.checked_add(len).is_none_or(|end| end > blob.size) {
+                return Err(host_err("the blob's layout does not hold the buffer"));
             }
-            read_into(&b.file, src.start, &blob.mapping, dst.start, len).map_err(|e| {
+            read_into(&b.file, src, &blob.mapping, dst, len).map_err(|e| {
                 client_err(
                     buffer,
                     code::INVALID_OBJECT,
@@ -1497,6 +1496,42 @@ fn fourcc_bytes_per_pixel(fourcc: u32) -> Option<u32> {
     crate::damage::shm_bytes_per_pixel(fourcc).filter(|_| fourcc > 1)
 }
 
+/// Where the bytes of `ranges` (in a buffer laid out as `src`) go in the same buffer laid out
+/// as `dst` (another offset or stride): `(source offset, destination offset, length)` pieces,
+/// a range that spans rows split at row ends. `None` when a range is not within pixel rows.
+fn relayout(
+    src: &BufferLayout,
+    dst: &BufferLayout,
+    ranges: &[std::ops::Range<u64>],
+) -> Option<Vec<(u64, u64, u64)>> {
+    let src_stride = u64::try_from(src.stride).ok().filter(|s| *s > 0)?;
+    let dst_stride = u64::try_from(dst.stride).ok()?;
+    let row_bytes = u64::try_from(src.width).ok()? * u64::from(src.bytes_per_pixel);
+    let mut plan = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let mut at = r.start;
+        while at < r.end {
+            let rel = at.checked_sub(src.offset)?;
+            let (row, x) = (rel / src_stride, rel % src_stride);
+            if x >= row_bytes {
+                return None;
+            }
+            let len = (r.end - at).min(row_bytes - x);
+            let to = dst
+                .offset
+                .checked_add(row.checked_mul(dst_stride)?)?
+                .checked_add(x)?;
+            plan.push((at, to, len));
+            at += len;
+            if at < r.end {
+                // Coalesced rows: skip the padding to the next row's start.
+                at = src.offset + (row + 1) * src_stride;
+            }
+        }
+    }
+    Some(plan)
+}
+
 fn full_region(width: i32, height: i32) -> Region {
     Region::from_rect(Rect {
         x: 0,
@@ -1532,4 +1567,314 @@ fn read_into<M: VirtGpuMapping>(
     // it; plain bytes have no invalid values.
     let slice = unsafe { std::slice::from_raw_parts_mut(mapping.as_ptr().add(dst), len) };
     file.read_exact_at(slice, src)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::os::fd::OwnedFd;
+
+    use crossway_protocols::cross_domain::{
+        CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB, Command, decode_command,
+    };
+
+    use super::*;
+    use crate::channel::tests::{Mock, open};
+
+    fn session() -> Session<Mock> {
+        let config = SessionConfig {
+            limits: SessionLimits::default(),
+            guest_dev: Some(0xe2_80),
+        };
+        Session::new(open(), Arc::new(config), Arc::new(AgentStats::default()))
+    }
+
+    /// Every SEND the session made so far: identifiers (id, type) and data.
+    /// One SEND: identifiers (id, type) and data.
+    type Sent = (Vec<(u32, u32)>, Vec<u8>);
+
+    fn sends(s: &mut Session<Mock>) -> Vec<Sent> {
+        s.channel()
+            .device()
+            .execs
+            .iter()
+            .filter_map(|(_, _, _, cmd)| match decode_command(cmd).ok()?.0 {
+                Command::Send {
+                    identifiers, data, ..
+                } => Some((
+                    identifiers.iter().map(|i| (i.id, i.id_type)).collect(),
+                    data.to_vec(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn msg(object: u32, opcode: u16, args: &[Arg<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        wire::encode_unchecked(&mut out, ObjectId::new(object).unwrap(), opcode, args).unwrap();
+        out
+    }
+
+    fn memfd(size: u64) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, size).unwrap();
+        fd
+    }
+
+    #[test]
+    fn long_streams_are_split_at_message_boundaries_into_sends_that_fit() {
+        let mut s = session();
+        // wl_display.sync(new id n), 12 bytes each: 1000 of them are 12000 bytes.
+        let mut stream = Vec::new();
+        for n in 2..1002u32 {
+            stream.extend(msg(1, 0, &[Arg::NewId(ObjectId::new(n).unwrap())]));
+        }
+        s.client_input(&stream, vec![]).unwrap();
+        let sent = sends(&mut s);
+        assert!(sent.len() >= 4, "{} SENDs", sent.len());
+        let mut joined = Vec::new();
+        for (ids, data) in &sent {
+            assert!(ids.is_empty());
+            assert!(data.len() <= CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA);
+            assert_eq!(data.len() % 12, 0, "a SEND ends on a message boundary");
+            joined.extend_from_slice(data);
+        }
+        assert_eq!(joined, stream);
+    }
+
+    #[test]
+    fn a_message_split_across_reads_goes_out_whole() {
+        let mut s = session();
+        let m = msg(1, 0, &[Arg::NewId(ObjectId::new(2).unwrap())]);
+        s.client_input(&m[..5], vec![]).unwrap();
+        assert!(sends(&mut s).is_empty());
+        s.client_input(&m[5..], vec![]).unwrap();
+        assert_eq!(sends(&mut s), vec![(vec![], m)]);
+    }
+
+    #[test]
+    fn a_pool_becomes_a_blob_identifier_with_the_message() {
+        let mut s = session();
+        let mut stream = msg(1, 1, &[Arg::NewId(ObjectId::new(2).unwrap())]); // get_registry
+        // wl_registry.bind(1, "wl_shm", 1, new id 3): the map needs the object to exist.
+        let shm = c"wl_shm";
+        stream.extend(msg(
+            2,
+            0,
+            &[
+                Arg::Uint(1),
+                Arg::Str(Some(shm)),
+                Arg::Uint(1),
+                Arg::NewId(ObjectId::new(3).unwrap()),
+            ],
+        ));
+        let pool = msg(
+            3,
+            0,
+            &[
+                Arg::NewId(ObjectId::new(4).unwrap()),
+                Arg::Fd,
+                Arg::Int(4096),
+            ],
+        );
+        stream.extend(&pool);
+        s.client_input(&stream, vec![memfd(4096)]).unwrap();
+        let sent = sends(&mut s);
+        let (ids, data) = sent.last().unwrap();
+        // No Crossway capset on the mock: a HOST3D image blob backs the pool.
+        assert_eq!(ids.len(), 1);
+        assert_eq!(ids[0].1, CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB);
+        assert!(data.ends_with(&pool));
+        assert_eq!(s.stats.shm_pools.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_pool_larger_than_its_file_is_refused() {
+        let mut s = session();
+        let mut stream = msg(1, 1, &[Arg::NewId(ObjectId::new(2).unwrap())]);
+        stream.extend(msg(
+            2,
+            0,
+            &[
+                Arg::Uint(1),
+                Arg::Str(Some(c"wl_shm")),
+                Arg::Uint(1),
+                Arg::NewId(ObjectId::new(3).unwrap()),
+            ],
+        ));
+        stream.extend(msg(
+            3,
+            0,
+            &[
+                Arg::NewId(ObjectId::new(4).unwrap()),
+                Arg::Fd,
+                Arg::Int(8192),
+            ],
+        ));
+        let e = s.client_input(&stream, vec![memfd(4096)]).unwrap_err();
+        assert!(
+            matches!(&e, SessionError::Client { object: 4, message, .. } if message.contains("file of 4096")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn requests_on_unknown_objects_are_client_errors() {
+        let mut s = session();
+        let e = s.client_input(&msg(7, 0, &[]), vec![]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SessionError::Client {
+                    object: 7,
+                    code: 0,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn fds_not_matched_to_messages_are_bounded() {
+        let mut s = session();
+        let fds: Vec<OwnedFd> = (0..300).map(|_| memfd(1)).collect();
+        let e = s.client_input(&[], fds).unwrap_err();
+        assert!(matches!(&e, SessionError::Client { code: 2, .. }), "{e}");
+    }
+
+    #[test]
+    fn unknown_host_globals_are_hidden_and_versions_capped() {
+        let mut s = session();
+        s.client_input(&msg(1, 1, &[Arg::NewId(ObjectId::new(2).unwrap())]), vec![])
+            .unwrap();
+        let mut events = msg(
+            2,
+            0,
+            &[Arg::Uint(1), Arg::Str(Some(c"zz_secret_v1")), Arg::Uint(1)],
+        );
+        events.extend(msg(
+            2,
+            0,
+            &[
+                Arg::Uint(2),
+                Arg::Str(Some(c"wl_compositor")),
+                Arg::Uint(999),
+            ],
+        ));
+        s.host_input(&events, vec![]).unwrap();
+        let out = std::mem::take(&mut s.to_client.bytes);
+        let m = wire::Message::parse(&out).unwrap();
+        assert_eq!(m.len(), out.len(), "one event forwarded");
+        let name = c"wl_compositor";
+        let known = ProtocolTable::builtin()
+            .get("wl_compositor")
+            .unwrap()
+            .version;
+        assert_eq!(
+            out,
+            msg(
+                2,
+                0,
+                &[Arg::Uint(2), Arg::Str(Some(name)), Arg::Uint(known)]
+            )
+        );
+    }
+
+    #[test]
+    fn host_events_with_missing_items_are_host_errors() {
+        let mut s = session();
+        s.client_input(&msg(1, 1, &[Arg::NewId(ObjectId::new(2).unwrap())]), vec![])
+            .unwrap();
+        // An event for an object that was never created.
+        let e = s.host_input(&msg(9, 0, &[]), vec![]).unwrap_err();
+        assert!(matches!(e, SessionError::Host(_)), "{e}");
+    }
+
+    #[test]
+    fn host_write_pipes_become_local_pipes() {
+        let mut s = session();
+        let item = HostItem {
+            id: 5,
+            kind: HostItemKind::WritePipe,
+            size: 0,
+        };
+        let fd = s.item_fd(&item).unwrap();
+        assert!(is_fifo(fd.as_fd()));
+        assert_eq!(s.write_pipes.len(), 1);
+        assert_eq!(s.write_pipes[0].id, 5);
+    }
+
+    #[test]
+    fn format_tables_keep_only_linear_and_map_indices() {
+        // Entries as the protocol lays them out: format u32, 4 bytes padding, modifier u64.
+        let mut host = Vec::new();
+        for (format, modifier) in [
+            (ARGB8888, 0x0100_0000_0000_0001u64),
+            (ARGB8888, LINEAR),
+            (u32::from_le_bytes(*b"XR24"), LINEAR),
+        ] {
+            host.extend_from_slice(&format.to_ne_bytes());
+            host.extend_from_slice(&[0; 4]);
+            host.extend_from_slice(&modifier.to_ne_bytes());
+        }
+        let (fd, size, map) = guest_format_table(&host).unwrap();
+        assert_eq!(map, vec![None, Some(0), Some(1)]);
+        assert_eq!(size, 32);
+        let mut bytes = vec![0; 32];
+        File::from(fd).read_exact_at(&mut bytes, 0).unwrap();
+        let guest = FormatTable::from_bytes(&bytes).unwrap();
+        assert_eq!(guest.len(), 2);
+        assert!(guest.get(0).unwrap().is_linear() && guest.get(1).unwrap().is_linear());
+    }
+
+    #[test]
+    fn sealed_memfds_refuse_writes() {
+        let fd = sealed_memfd("t", b"keymap").unwrap();
+        let f = File::from(fd);
+        assert!(f.write_all_at(b"x", 0).is_err());
+        assert!(f.set_len(1).is_err());
+        let mut b = [0; 6];
+        f.read_exact_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"keymap");
+    }
+
+    #[test]
+    fn relayout_moves_rows_to_the_hosts_stride() {
+        let src = BufferLayout {
+            offset: 0,
+            width: 4,
+            height: 3,
+            stride: 16,
+            bytes_per_pixel: 4,
+        };
+        let dst = BufferLayout {
+            offset: 64,
+            stride: 32,
+            ..src
+        };
+        // Rows 0..3 coalesced in the source (stride == row bytes).
+        assert_eq!(
+            relayout(&src, &dst, std::slice::from_ref(&(0..48))).unwrap(),
+            vec![(0, 64, 16), (16, 96, 16), (32, 128, 16)]
+        );
+        // Part of row 1.
+        assert_eq!(
+            relayout(&src, &dst, std::slice::from_ref(&(20..28))).unwrap(),
+            vec![(20, 100, 8)]
+        );
+        // Padding is not pixel data.
+        let padded = BufferLayout { stride: 20, ..src };
+        assert!(relayout(&padded, &dst, std::slice::from_ref(&(16..20))).is_none());
+    }
+
+    #[test]
+    fn cap_global_hides_unknown_interfaces() {
+        assert_eq!(cap_global(c"zz_nothing_v9", 3), None);
+        assert_eq!(cap_global(c"wl_shm", 1), Some(1));
+        let v = ProtocolTable::builtin().get("wl_seat").unwrap().version;
+        assert_eq!(cap_global(c"wl_seat", v + 5), Some(v));
+    }
 }

@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compositors;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

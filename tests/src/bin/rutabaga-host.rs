@@ -86,8 +86,8 @@ struct Cli {
     /// Live blobs at most, over all connections.
     #[arg(long, default_value_t = 4096)]
     max_blobs: usize,
-    /// Largest blob, in MiB.
-    #[arg(long, default_value_t = 256)]
+    /// Largest blob, in MiB (foot reserves 512 MiB pools; crosvm maps far more).
+    #[arg(long, default_value_t = 1024)]
     max_blob_mib: u64,
     /// How long `WAIT` blocks before answering busy, in milliseconds.
     #[arg(long, default_value_t = 20_000)]

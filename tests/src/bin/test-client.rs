@@ -9,19 +9,38 @@
 //! tranches, and uses the first advertised modifier for the format that it can produce (only
 //! LINEAR, from a memfd).
 //!
+//! With `--buffer virtgpu` the buffers are virtio-gpu guest blobs (mappable, shareable) of the
+//! device a guest agent uses (`CROSSWAY_VIRTGPU`, else the first virtio_gpu render node): the
+//! client draws through the blob's mapping and passes its PRIME export as a LINEAR dmabuf, so
+//! a guest relay can name the resource instead of copying its bytes.
+//!
+//! Hooks for scenarios: `--still` animates without scrolling (every frame is pattern A, fully
+//! damaged); `--change-after PATH`, once the frames are done, waits for PATH, draws pattern B
+//! (pattern A turned half a turn) into the buffer on screen through the same memory and
+//! commits it again; `--hold-until PATH` keeps the window until PATH exists; `--measure-pid
+//! PID` reads PID's CPU time (utime + stime) when the window is shown and after the last
+//! frame.
+//!
 //! Output lines (stdout), for tests: `feedback tranche ...`, `modifier 0x...`, `created`,
-//! `failed`, `protocol error: ...`, `configured WxH`, `shown`, `frames N seconds S fps F`.
+//! `failed`, `protocol error: ...`, `configured WxH`, `shown`, `frames N seconds S fps F`,
+//! `cpu PID ticks T frames N wall_ms W` (ticks of `getconf CLK_TCK`), `changed`, `released`.
 
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use crossway_agent::device::{AgentDevice, AgentMapping, DeviceSpec};
 use crossway_protocols::dmabuf::{FormatTable, parse_tranche_indices};
+use crossway_protocols::virtgpu::{
+    CROSS_DOMAIN_CONTEXT_PARAMS, VIRTGPU_BLOB_FLAG_USE_MAPPABLE, VIRTGPU_BLOB_FLAG_USE_SHAREABLE,
+    VIRTGPU_BLOB_MEM_GUEST, VirtGpu, VirtGpuMapping, drm_virtgpu_resource_create_blob,
+};
 use wayland_client::backend::ObjectId;
 use wayland_client::protocol::{
     wl_buffer, wl_callback, wl_compositor, wl_registry, wl_shm, wl_shm_pool, wl_surface,
@@ -48,6 +67,8 @@ enum BufferKind {
     Dmabuf,
     /// A wl_shm pool.
     Shm,
+    /// A virtio-gpu guest blob, drawn through its mapping, passed as its PRIME dmabuf (LINEAR).
+    Virtgpu,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,6 +126,22 @@ struct Args {
     /// rest of the window keeps the still pattern.
     #[arg(long, value_parser = parse_rect)]
     damage: Option<[u32; 4]>,
+    /// Window app id.
+    #[arg(long, default_value = "crossway.test-client")]
+    app_id: String,
+    /// Animate without scrolling: every frame draws pattern A again (full damage).
+    #[arg(long)]
+    still: bool,
+    /// Once the frames are done, wait for this path, then draw pattern B into the buffer on
+    /// screen through the same memory and commit it again.
+    #[arg(long, value_name = "PATH")]
+    change_after: Option<PathBuf>,
+    /// Keep the window until this path exists.
+    #[arg(long, value_name = "PATH")]
+    hold_until: Option<PathBuf>,
+    /// Report this process's CPU time over the frames after the first.
+    #[arg(long, value_name = "PID")]
+    measure_pid: Option<u32>,
 }
 
 fn parse_rect(s: &str) -> Result<[u32; 4], String> {
@@ -185,7 +222,7 @@ fn run(args: &Args) -> Result<(), String> {
         return Err("compositor lacks wl_compositor or xdg_wm_base".into());
     };
     let mut modifier = LINEAR;
-    if args.buffer == BufferKind::Dmabuf
+    if args.buffer != BufferKind::Shm
         && let Some((dmabuf, version)) = state.dmabuf.clone()
         && version >= 4
     {
@@ -193,7 +230,8 @@ fn run(args: &Args) -> Result<(), String> {
         while !state.feedback_done {
             dispatch(&mut queue, &mut state)?;
         }
-        // Memfds can only be LINEAR: take LINEAR where the compositor offers it for XRGB8888.
+        // Memfds and mapped guest blobs can only be LINEAR: take LINEAR where the compositor
+        // offers it for XRGB8888.
         let offered: Vec<u64> = state
             .tranches
             .iter()
@@ -216,15 +254,23 @@ fn run(args: &Args) -> Result<(), String> {
     let size = args.offset as usize + stride as usize * height as usize;
     let mut frame = Frame::new(width, height, args.offset, stride, size);
     frame.animated = args.damage;
+    // Guest blobs live as long as the device file that made them.
+    let mut device = match args.buffer {
+        BufferKind::Virtgpu => Some(open_device()?),
+        _ => None,
+    };
 
     let mut buffers = Vec::new();
     for i in 0..2 {
-        let file = memfd(size)?;
-        frame.draw(&file, 0)?;
+        let storage = match device.as_mut() {
+            Some(dev) => guest_blob(dev, size)?,
+            None => Storage::File(memfd(size)?),
+        };
+        frame.draw(&storage, 0, Picture::A)?;
         let buffer = match args.buffer {
             BufferKind::Shm => {
                 let shm = state.shm.clone().ok_or("compositor lacks wl_shm")?;
-                let pool = shm.create_pool(file.as_fd(), size as i32, &qh, ());
+                let pool = shm.create_pool(storage.fd(), size as i32, &qh, ());
                 let buffer = pool.create_buffer(
                     args.offset as i32,
                     width as i32,
@@ -237,7 +283,7 @@ fn run(args: &Args) -> Result<(), String> {
                 pool.destroy();
                 buffer
             }
-            BufferKind::Dmabuf => {
+            BufferKind::Dmabuf | BufferKind::Virtgpu => {
                 let (dmabuf, _) = state
                     .dmabuf
                     .clone()
@@ -245,7 +291,15 @@ fn run(args: &Args) -> Result<(), String> {
                 if i == 0 {
                     say(&format!("modifier {modifier:#018x}"));
                 }
-                match dmabuf_buffer(args, &mut queue, &mut state, &dmabuf, &file, modifier, size)? {
+                match dmabuf_buffer(
+                    args,
+                    &mut queue,
+                    &mut state,
+                    &dmabuf,
+                    storage.fd(),
+                    modifier,
+                    size,
+                )? {
                     Some(buffer) => buffer,
                     None => return Ok(()),
                 }
@@ -253,7 +307,7 @@ fn run(args: &Args) -> Result<(), String> {
         };
         say("created");
         state.busy.insert(buffer.id(), false);
-        buffers.push((buffer, file));
+        buffers.push((buffer, storage));
         if args.frames == 0 {
             break;
         }
@@ -263,7 +317,7 @@ fn run(args: &Args) -> Result<(), String> {
     let xdg = wm_base.get_xdg_surface(&surface, &qh, ());
     let toplevel = xdg.get_toplevel(&qh, ());
     toplevel.set_title(args.title.clone());
-    toplevel.set_app_id("crossway.test-client".into());
+    toplevel.set_app_id(args.app_id.clone());
     surface.commit();
     while state.configured.is_none() {
         dispatch(&mut queue, &mut state)?;
@@ -275,12 +329,12 @@ fn run(args: &Args) -> Result<(), String> {
         .presentation
         .then(|| state.presentation.clone())
         .flatten();
-    let present = |state: &mut State, buffer: &wl_buffer::WlBuffer| {
+    let present = |state: &mut State, buffer: &wl_buffer::WlBuffer, full: bool| {
         if let Some(presentation) = &feedback {
             presentation.feedback(&surface, &qh, ());
         }
         surface.attach(Some(buffer), 0, 0);
-        match (args.damage, state.shown) {
+        match (args.damage, state.shown && !full) {
             (Some([x, y, w, h]), true) => {
                 surface.damage_buffer(x as i32, y as i32, w as i32, h as i32)
             }
@@ -291,29 +345,45 @@ fn run(args: &Args) -> Result<(), String> {
         state.busy.insert(buffer.id(), true);
         surface.commit();
     };
-    present(&mut state, &buffers[0].0);
+    present(&mut state, &buffers[0].0, true);
     roundtrip(&mut queue, &mut state)?;
     state.shown = true;
     say("shown");
+    let mut on_screen = 0;
 
     if args.frames > 0 {
         let start = Instant::now();
+        let cpu_start = args.measure_pid.map(cpu_ticks).transpose()?;
         for n in 1..=args.frames {
             while !state.frame_done {
                 dispatch(&mut queue, &mut state)?;
             }
             // A buffer the compositor has released; wait for one if both are in use.
             let next = loop {
-                if let Some(b) = buffers
+                if let Some(i) = buffers
                     .iter()
-                    .find(|(b, _)| state.busy.get(&b.id()) == Some(&false))
+                    .position(|(b, _)| state.busy.get(&b.id()) == Some(&false))
                 {
-                    break b;
+                    break i;
                 }
                 dispatch(&mut queue, &mut state)?;
             };
-            frame.draw(&next.1, n)?;
-            present(&mut state, &next.0);
+            let shift = if args.still { 0 } else { n };
+            frame.draw(&buffers[next].1, shift, Picture::A)?;
+            present(&mut state, &buffers[next].0, false);
+            on_screen = next;
+        }
+        // The last frame counts once the compositor has used it.
+        while !state.frame_done {
+            dispatch(&mut queue, &mut state)?;
+        }
+        if let (Some(pid), Some(ticks)) = (args.measure_pid, cpu_start) {
+            say(&format!(
+                "cpu {pid} ticks {} frames {} wall_ms {}",
+                cpu_ticks(pid)?.saturating_sub(ticks),
+                args.frames,
+                start.elapsed().as_millis()
+            ));
         }
         if args.presentation {
             // The last frame's feedback arrives with the next refresh.
@@ -333,13 +403,44 @@ fn run(args: &Args) -> Result<(), String> {
             args.frames,
             args.frames as f64 / seconds
         ));
-        return Ok(());
     }
 
+    if let Some(path) = &args.change_after {
+        serve_until(&conn, &mut queue, &mut state, |_| path.exists())?;
+        // The same memory the compositor shows: on a zero-copy path it reads these pages.
+        let (buffer, storage) = &buffers[on_screen];
+        frame.draw(storage, 0, Picture::B)?;
+        present(&mut state, buffer, true);
+        while !state.frame_done {
+            dispatch(&mut queue, &mut state)?;
+        }
+        say("changed");
+    }
+    if let Some(path) = &args.hold_until {
+        serve_until(&conn, &mut queue, &mut state, |s| s.closed || path.exists())?;
+        say("released");
+        return Ok(());
+    }
+    if args.frames > 0 || args.change_after.is_some() {
+        return Ok(());
+    }
     let start = Instant::now();
-    while !state.closed
-        && (args.exit_after == 0 || start.elapsed() < Duration::from_millis(args.exit_after))
-    {
+    let exit_after = Duration::from_millis(args.exit_after);
+    serve_until(&conn, &mut queue, &mut state, |s| {
+        s.closed || (args.exit_after != 0 && start.elapsed() >= exit_after)
+    })?;
+    Ok(())
+}
+
+/// Dispatches events (answering pings, releases, frame callbacks) until `done` holds, looking
+/// at it at least every 50 ms.
+fn serve_until(
+    conn: &Connection,
+    queue: &mut wayland_client::EventQueue<State>,
+    state: &mut State,
+    mut done: impl FnMut(&State) -> bool,
+) -> Result<(), String> {
+    while !done(state) {
         conn.flush().map_err(|e| e.to_string())?;
         if let Some(guard) = queue.prepare_read() {
             let fd = guard.connection_fd();
@@ -355,9 +456,29 @@ fn run(args: &Args) -> Result<(), String> {
                 guard.read().map_err(|e| e.to_string())?;
             }
         }
-        queue.dispatch_pending(&mut state).map_err(report)?;
+        queue.dispatch_pending(state).map_err(report)?;
     }
     Ok(())
+}
+
+/// utime + stime of `pid` in clock ticks (fields 14 and 15 of /proc/PID/stat, counted after
+/// the command name, which may hold spaces and parentheses).
+fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("reading /proc/{pid}/stat: {e}"))?;
+    let (_, rest) = stat
+        .rsplit_once(')')
+        .ok_or("no command name in /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')', field 3 (state) is index 0: utime (14) is 11, stime (15) is 12.
+    let field = |i: usize| -> Result<u64, String> {
+        fields
+            .get(i)
+            .ok_or("/proc/PID/stat too short")?
+            .parse()
+            .map_err(|e| format!("/proc/PID/stat field {}: {e}", i + 3))
+    };
+    Ok(field(11)? + field(12)?)
 }
 
 fn report(err: DispatchError) -> String {
@@ -388,8 +509,49 @@ fn dispatch(
     queue.blocking_dispatch(state).map(|_| ()).map_err(report)
 }
 
-/// The pixels of one frame, built from three row templates (checker rows, top rows, bottom
-/// rows) so that animation stays cheap at large sizes.
+/// Which picture a frame shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Picture {
+    /// [`pattern`].
+    A,
+    /// [`pattern`] turned half a turn (the checker at the bottom right).
+    B,
+}
+
+/// Where one buffer's bytes live.
+enum Storage {
+    /// A memfd (wl_shm pool or memfd "dmabuf").
+    File(std::fs::File),
+    /// A virtio-gpu guest blob: drawn through `mapping`, shared as `prime`.
+    Blob {
+        mapping: AgentMapping,
+        prime: OwnedFd,
+    },
+}
+
+impl Storage {
+    /// The fd the compositor gets.
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Storage::File(f) => f.as_fd(),
+            Storage::Blob { prime, .. } => prime.as_fd(),
+        }
+    }
+
+    fn write(&self, bytes: &[u8]) -> Result<(), String> {
+        match self {
+            Storage::File(f) => f
+                .write_all_at(bytes, 0)
+                .map_err(|e| format!("writing buffer: {e}")),
+            Storage::Blob { mapping, .. } => mapping
+                .write_at(0, bytes)
+                .map_err(|e| format!("writing through the blob's mapping: {e}")),
+        }
+    }
+}
+
+/// The pixels of one frame, built from row templates (the checker rows, a top row, a bottom
+/// row) so that animation stays cheap at large sizes.
 struct Frame {
     width: u32,
     height: u32,
@@ -412,38 +574,48 @@ impl Frame {
         }
     }
 
-    /// Draws the pattern scrolled left by `shift` columns and writes the whole buffer.
-    fn draw(&mut self, file: &std::fs::File, shift: u64) -> Result<(), String> {
+    /// Draws `picture` scrolled left by `shift` columns and writes the whole buffer.
+    fn draw(&mut self, out: &Storage, shift: u64, picture: Picture) -> Result<(), String> {
         let (w, h) = (self.width, self.height);
         let animated = self.animated;
+        // Row y of the picture is row `source(y)` of the pattern.
+        let source = |y: u32| match picture {
+            Picture::A => y,
+            Picture::B => h - 1 - y,
+        };
         let row = |y: u32| -> Vec<u8> {
+            let sy = source(y);
             (0..w)
                 .flat_map(|x| {
                     let moves = animated.is_none_or(|[ax, _, aw, _]| x >= ax && x < ax + aw);
                     let shift = if moves { shift } else { 0 };
                     let sx = ((u64::from(x) + shift) % u64::from(w.max(1))) as u32;
-                    let [r, g, b] = pattern(sx, y, w, h);
+                    let sx = match picture {
+                        Picture::A => sx,
+                        Picture::B => w - 1 - sx,
+                    };
+                    let [r, g, b] = pattern(sx, sy, w, h);
                     [b, g, r, 0xff]
                 })
                 .collect()
         };
-        let templates: Vec<Vec<u8>> = (0..8.min(h))
-            .map(row)
-            .chain([row(8.min(h.saturating_sub(1))), row(h / 2)])
-            .collect();
-        for y in 0..h {
-            let template = if y < 8 {
-                &templates[y as usize]
-            } else if y < h / 2 {
-                &templates[templates.len() - 2]
+        // A pattern row depends only on this class of its row number.
+        let class = |sy: u32| {
+            if sy < 8 {
+                sy
+            } else if sy < h / 2 {
+                8
             } else {
-                &templates[templates.len() - 1]
-            };
+                9
+            }
+        };
+        let mut templates: HashMap<u32, Vec<u8>> = HashMap::new();
+        for y in 0..h {
+            let template = templates.entry(class(source(y))).or_insert_with(|| row(y));
             let at = self.offset as usize + y as usize * self.stride as usize;
             self.bytes[at..at + template.len()].copy_from_slice(template);
         }
-        file.write_all_at(&self.bytes, 0)
-            .map_err(|e| format!("writing buffer: {e}"))
+        out.write(&self.bytes)
     }
 }
 
@@ -456,14 +628,47 @@ fn memfd(size: usize) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
-/// Creates one dmabuf buffer over `file` (or sends the bad parameters asked for and returns
+/// The virtgpu device a guest agent would open, with a cross-domain context: a file without a
+/// context gets a default one at its first blob (Linux before 2025), which a host serving only
+/// cross-domain refuses.
+fn open_device() -> Result<AgentDevice, String> {
+    let mut dev =
+        AgentDevice::open(&DeviceSpec::Auto).map_err(|e| format!("virtgpu device: {e}"))?;
+    dev.context_init(&CROSS_DOMAIN_CONTEXT_PARAMS)
+        .map_err(|e| format!("CONTEXT_INIT on {}: {e}", dev.describe()))?;
+    say(&format!("device {}", dev.describe()));
+    Ok(dev)
+}
+
+/// A mappable, shareable guest blob of at least `size` bytes, mapped, and its PRIME export.
+fn guest_blob(dev: &mut AgentDevice, size: usize) -> Result<Storage, String> {
+    let size = u64::try_from(size.next_multiple_of(4096)).map_err(|e| e.to_string())?;
+    let handles = dev
+        .resource_create_blob(&drm_virtgpu_resource_create_blob {
+            blob_mem: VIRTGPU_BLOB_MEM_GUEST,
+            blob_flags: VIRTGPU_BLOB_FLAG_USE_MAPPABLE | VIRTGPU_BLOB_FLAG_USE_SHAREABLE,
+            size,
+            ..Default::default()
+        })
+        .map_err(|e| format!("RESOURCE_CREATE_BLOB of {size} bytes: {e}"))?;
+    let mapping = dev
+        .map(handles.bo_handle)
+        .map_err(|e| format!("MAP of blob {}: {e}", handles.res_handle))?;
+    let prime = dev
+        .prime_handle_to_fd(handles.bo_handle)
+        .map_err(|e| format!("PRIME export of blob {}: {e}", handles.res_handle))?;
+    say(&format!("blob res {} size {size}", handles.res_handle));
+    Ok(Storage::Blob { mapping, prime })
+}
+
+/// Creates one dmabuf buffer over `fd` (or sends the bad parameters asked for and returns
 /// `None` after reporting the answer).
 fn dmabuf_buffer(
     args: &Args,
     queue: &mut wayland_client::EventQueue<State>,
     state: &mut State,
     dmabuf: &dmabuf::ZwpLinuxDmabufV1,
-    file: &std::fs::File,
+    fd: BorrowedFd<'_>,
     mut modifier: u64,
     size: usize,
 ) -> Result<Option<wl_buffer::WlBuffer>, String> {
@@ -481,9 +686,9 @@ fn dmabuf_buffer(
     }
     let params = dmabuf.create_params(&qh, ());
     let (hi, lo) = ((modifier >> 32) as u32, modifier as u32);
-    params.add(file.as_fd(), 0, plane_offset, plane_stride, hi, lo);
+    params.add(fd, 0, plane_offset, plane_stride, hi, lo);
     if args.bad == Some(Bad::Overlap) {
-        params.add(file.as_fd(), 1, plane_offset, plane_stride, hi, lo);
+        params.add(fd, 1, plane_offset, plane_stride, hi, lo);
     }
     let flags = params::Flags::empty();
     if args.immed {

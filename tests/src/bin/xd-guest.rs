@@ -779,10 +779,21 @@ fn clipboard_paste(c: &mut Conn, cli: &Cli) -> Result<()> {
     let keyboard = c.new_id();
     c.request(seat, "get_keyboard", &[Arg::NewId(oid(keyboard)?)], &[])?;
     let (surface, xdg_surface, top) = toplevel(c, compositor, wm, cli)?;
-    // A 1x1 buffer so the window maps and gets keyboard focus (and with it the selection).
-    let blob = c.ch.create_guest_blob(4096)?;
+    // A 1x1 buffer so the window maps and gets keyboard focus (and with it the selection): a
+    // guest blob where the host takes them in SEND, else a HOST3D blob it laid out.
+    let guest_blobs = c.ch.caps().crossway.as_ref().is_some_and(|caps| {
+        caps.flags & crossway_protocols::capset::CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND != 0
+    });
+    let (blob, size, stride) = if guest_blobs {
+        (c.ch.create_guest_blob(4096)?, 4, 4)
+    } else {
+        let req =
+            c.ch.image_requirements(1, 1, u32::from_le_bytes(*b"XR24"), 0)?;
+        let blob = c.ch.blob_for_image(&req)?;
+        (blob, req.size, req.strides[0])
+    };
     blob.mapping.write_at(0, &[0, 0, 0, 255])?;
-    let buf = buffer(c, shm, blob.res_id, 4, 0, 4, 1, 1)?;
+    let buf = buffer(c, shm, blob.res_id, size, 0, stride, 1, 1)?;
     c.request(
         surface,
         "attach",
