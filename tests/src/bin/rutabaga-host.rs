@@ -256,26 +256,6 @@ fn map_fd(fd: &OwnedFd, size: u64) -> Result<Mapping, VirtGpuError> {
     }])
 }
 
-/// A private, writable copy of a read-only host blob (`size` bytes, page-rounded), for guest
-/// programs that map every blob read-write.
-fn writable_copy(src: &OwnedFd, size: u64) -> Result<OwnedFd, VirtGpuError> {
-    let copy = memfd("crossway-rutabaga-ro-copy", size)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut at = 0u64;
-    while at < size {
-        let n = rustix::io::pread(src, &mut buf, at).map_err(os)?;
-        if n == 0 {
-            break;
-        }
-        let mut done = 0;
-        while done < n {
-            done += rustix::io::pwrite(&copy, &buf[done..n], at + done as u64).map_err(os)?;
-        }
-        at += n as u64;
-    }
-    Ok(copy)
-}
-
 impl Dev {
     fn create_blob(
         &mut self,
@@ -353,8 +333,8 @@ impl Dev {
             .try_clone_to_owned()
             .map_err(os)?;
         if map_info & RUTABAGA_MAP_ACCESS_MASK & RUTABAGA_MAP_ACCESS_WRITE == 0 {
-            tracing::debug!(res, "read-only host blob: guest programs map a copy");
-            return writable_copy(&fd, size);
+            // Sealed (a keymap): guest programs get a read-only mapping, as crosvm gives.
+            tracing::debug!(res, size, "read-only host blob");
         }
         Ok(fd)
     }
@@ -1115,30 +1095,5 @@ mod tests {
                 Path::new(&dir).join("wayland-9")
             );
         }
-    }
-
-    #[test]
-    fn writable_copy_of_sealed_memfd_has_its_bytes() {
-        let fd = rustix::fs::memfd_create(
-            "t",
-            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
-        )
-        .unwrap();
-        rustix::io::write(&fd, b"xkb_keymap {").unwrap();
-        rustix::fs::fcntl_add_seals(
-            &fd,
-            rustix::fs::SealFlags::WRITE | rustix::fs::SealFlags::SHRINK,
-        )
-        .unwrap();
-        let copy = writable_copy(&fd, PAGE).unwrap();
-        let map = map_fd(&copy, PAGE).unwrap();
-        let mut b = [0u8; 12];
-        map.read_at(0, &mut b).unwrap();
-        assert_eq!(&b, b"xkb_keymap {");
-        map.write_at(0, b"x").unwrap();
-        assert!(
-            map_fd(&fd, PAGE).is_err(),
-            "the sealed original maps read-only only"
-        );
     }
 }

@@ -204,4 +204,26 @@ mod tests {
         assert_eq!(&f, b"xy");
         assert!(map.read_at(8190, &mut b).is_err());
     }
+
+    #[test]
+    fn a_write_sealed_file_maps_read_only() {
+        let fd = rustix::fs::memfd_create(
+            "sealed",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        rustix::io::pwrite(&fd, b"xkb_keymap", 0).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::WRITE).unwrap();
+        let map = Mapping::new(&[Piece {
+            fd: fd.as_fd(),
+            offset: 0,
+            len: 4096,
+        }])
+        .unwrap();
+        let mut b = [0u8; 10];
+        map.read_at(0, &mut b).unwrap();
+        assert_eq!(&b, b"xkb_keymap");
+        assert!(map.write_at(0, b"x").is_err());
+    }
 }
