@@ -34,18 +34,38 @@ fn unknown_subcommand_fails_with_usage() {
 }
 
 #[test]
-fn demo_reports_what_is_built_and_logs_to_stderr() {
+fn demo_help_names_its_options() {
+    let out = proxy().args(["demo", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for option in ["--out", "--duration", "--host", "--latency-samples"] {
+        assert!(text.contains(option), "{option} missing:\n{text}");
+    }
+}
+
+#[test]
+fn logs_go_to_stderr_only() {
     let out = proxy()
-        .args(["demo", "--out", "/nonexistent/crossway"])
+        .args([
+            "headless",
+            "--socket",
+            "crossway-cli-log-test",
+            "--screenshot",
+        ])
+        .arg(std::env::temp_dir().join(format!("crossway-cli-{}.png", std::process::id())))
+        .args(["--after", "10"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
         .env("RUST_LOG", "debug")
         .output()
         .unwrap();
-    assert!(out.status.success());
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(stdout.contains("not built yet"), "{stdout}");
-    assert!(stdout.contains("/nonexistent/crossway"), "{stdout}");
+    assert!(out.status.success(), "{out:?}");
     // RUST_LOG reaches tracing, whose output goes to stderr only.
+    let stdout = String::from_utf8(out.stdout).unwrap();
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("protocol tables loaded"), "{stderr}");
-    assert!(!stdout.contains("protocol tables loaded"));
+    assert!(stderr.contains("DEBUG"), "{stderr}");
+    assert!(stdout.contains("WAYLAND_DISPLAY="), "{stdout}");
+    assert!(
+        !stdout.contains("DEBUG") && !stdout.contains("INFO"),
+        "{stdout}"
+    );
 }
