@@ -115,8 +115,10 @@ impl Binaries {
             let mut app = vec![client.into_os_string()];
             app.extend(
                 [
+                    // Draws into virtio-gpu guest blobs, which the agent forwards by resource
+                    // id: on a host with udmabuf, no byte is copied anywhere.
                     "--buffer",
-                    "shm",
+                    "virtgpu",
                     "--width",
                     &w.to_string(),
                     "--height",
@@ -387,6 +389,7 @@ impl Demo {
 
         // The VM, the agent inside it and the app.
         let guest_socket = self.dir.join("guest-0");
+        let agent_stats_file = self.dir.join("agent-stats.json");
         let mut cmd = Command::new(&self.bins.proxy);
         cmd.arg("vm")
             .arg("--serve-socket")
@@ -399,6 +402,8 @@ impl Demo {
                 cmd.arg(agent)
                     .args(["--device", "auto", "--socket"])
                     .arg(&guest_socket)
+                    .arg("--stats-file")
+                    .arg(&agent_stats_file)
                     .arg("--")
                     .args(&self.bins.app);
             }
@@ -534,6 +539,10 @@ impl Demo {
             .ok()
             .or_else(|| sampler.last.clone().map(|(_, s)| s))
             .unwrap_or_default();
+        // The agent wrote its counters when the guest side stopped.
+        let agent_stats = std::fs::read_to_string(&agent_stats_file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
 
         let report = Report::new(ReportInput {
             args: &self.args,
@@ -553,6 +562,8 @@ impl Demo {
             },
             end,
             relay,
+            agent_stats,
+            udmabuf: Path::new("/dev/udmabuf").exists(),
             latency,
             view: host_view,
         });
@@ -954,6 +965,8 @@ struct ReportInput<'a> {
     steady_fps: Option<f64>,
     end: AppEnd,
     relay: VmSnapshot,
+    agent_stats: Option<serde_json::Value>,
+    udmabuf: bool,
     latency: std::result::Result<Latency, String>,
     view: HostView,
 }
@@ -1002,6 +1015,13 @@ pub struct Report {
     pub host_view_error: Option<String>,
     /// `serve`'s own counters, whole (the latency probe is one of its clients).
     pub relay: VmSnapshot,
+    /// The agent's own counters (`crossway-agent --stats-file`): bytes it copied from guest
+    /// apps' memory into blobs, dmabufs forwarded by resource id, ...; null with `--no-agent`.
+    #[serde(default)]
+    pub agent: Option<serde_json::Value>,
+    /// Whether this host has `/dev/udmabuf` (without it, guest blobs are copied on the host).
+    #[serde(default)]
+    pub udmabuf: bool,
 }
 
 /// Buffers by path.
@@ -1100,6 +1120,8 @@ impl Report {
             screenshot: i.view.screenshot.map(|_| "screenshot.png".into()),
             host_view_error: i.view.error,
             relay: i.relay,
+            agent: i.agent_stats,
+            udmabuf: i.udmabuf,
         }
     }
 
@@ -1149,6 +1171,19 @@ impl Report {
             human_bytes(self.bytes_copied as f64),
             human_bytes(self.bytes_copied_per_frame),
         ));
+        if !self.udmabuf && b.copy > 0 {
+            s.push_str("  (this host has no /dev/udmabuf: the proxy copies guest blobs into host memory)\n");
+        }
+        if let Some(a) = &self.agent {
+            let n = |k: &str| a.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+            s.push_str(&format!(
+                "  guest side: the agent copied {} ({} dmabufs forwarded by resource id, {} copied, {} shm pools)\n",
+                human_bytes(n("bytes_copied") as f64),
+                n("dmabufs_forwarded"),
+                n("dmabufs_copied"),
+                n("shm_pools"),
+            ));
+        }
         s.push_str(&match self.zero_copy.ratio {
             Some(r) => format!(
                 "  zero-copy ratio: {:.0} % ({})\n",

@@ -113,6 +113,13 @@ fn demo_default_test_client_end_to_end() -> anyhow::Result<()> {
     check_common(&stats);
     assert!(stdout.contains("zero-copy ratio"), "{stdout}");
     assert!(stdout.contains("p50"), "{stdout}");
+    // The default app draws into virtio-gpu guest blobs: the agent forwards both by resource
+    // id and copies nothing; the proxy shows them on the guest-blob path.
+    let agent = &stats["agent"];
+    assert_eq!(agent["dmabufs_forwarded"], 2, "{stats}");
+    assert_eq!(agent["dmabufs_copied"], 0, "{stats}");
+    assert_eq!(agent["bytes_copied"], 0, "{stats}");
+    assert!(stdout.contains("forwarded by resource id"), "{stdout}");
     let (x, y, w, h) = window(&stats, "[demo] crossway demo");
     assert_eq!((w, h), (480, 320));
     assert_eq!(

@@ -122,6 +122,8 @@ fn report(relay: VmSnapshot, latency: std::result::Result<Latency, String>) -> R
         steady_fps: None,
         end: AppEnd::StoppedAfterRun,
         relay,
+        agent_stats: Some(serde_json::json!({"bytes_copied": 0, "dmabufs_forwarded": 2})),
+        udmabuf: false,
         latency,
         view: HostView {
             toplevels: vec![HostToplevel {
