@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compositors;
+pub mod pixels;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -433,4 +434,18 @@ pub fn paste(rt: &Runtime, program: &Path, socket: &Path, args: &[&str]) -> Resu
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(String::new())
+}
+
+/// Calls `look` every 50 ms until it is true or `timeout` has passed; true if it ever was.
+pub fn eventually(timeout: Duration, mut look: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if look() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
