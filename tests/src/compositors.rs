@@ -21,7 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
-use std::io::{BufRead as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -105,18 +105,9 @@ impl Owned {
 
     /// SIGTERM, up to `grace` to exit, then SIGKILL.
     fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        if let Some(child) = self.child.take() {
+            crate::stop_child(child, grace);
         }
-        let deadline = Instant::now() + grace;
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
@@ -1094,16 +1085,7 @@ pub fn wait_for_line(
     line: &str,
     timeout: Duration,
 ) -> Result<(bool, Vec<String>)> {
-    let stdout = child.stdout.take().context("stdout not piped")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stdout).lines() {
-            let Ok(l) = l else { break };
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = crate::stdout_lines(child)?;
     let deadline = Instant::now() + timeout;
     let mut lines = Vec::new();
     loop {

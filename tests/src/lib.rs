@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compositors;
+pub mod pixels;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -176,6 +177,13 @@ pub fn require(test: &str, program: &str, package: &str) -> Option<PathBuf> {
 /// `cargo test --workspace` has already built it; running one scenario alone would otherwise
 /// pick up a stale binary, so cargo is asked once per test process (a no-op when up to date).
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    // Every binary of this workspace but the test package's is named after its package.
+    package_binary(name, name)
+}
+
+/// The path of binary `bin` of workspace package `package`, built as [`workspace_binary`]
+/// builds one.
+pub fn package_binary(package: &str, bin: &str) -> Result<PathBuf> {
     static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test binary>
@@ -183,12 +191,11 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
         .parent()
         .and_then(Path::parent)
         .context("test binary has no target dir")?;
-    let path = profile_dir.join(name);
+    let path = profile_dir.join(bin);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !built.iter().any(|b| b == name) {
-        // Every binary of this workspace is named after its package.
+    if !built.iter().any(|b| b == bin) {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", name, "--bin", name])
+            .args(["build", "--quiet", "-p", package, "--bin", bin])
             .args(if profile_dir.ends_with("release") {
                 &["--release"][..]
             } else {
@@ -196,14 +203,68 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
             })
             .status()?;
         if !status.success() {
-            bail!("could not build {name}");
+            bail!("could not build {bin}");
         }
-        built.push(name.to_owned());
+        built.push(bin.to_owned());
     }
     if !path.is_file() {
         bail!("{} was not built", path.display());
     }
     Ok(path)
+}
+
+/// The lines `child` prints on its (piped) stdout, read by a thread of their own so that a
+/// caller can wait for one with a deadline (`recv_timeout`).
+pub fn stdout_lines(child: &mut Child) -> Result<std::sync::mpsc::Receiver<String>> {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().context("stdout not piped")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Sends `child` `signal`.
+pub fn signal_child(child: &Child, signal: rustix::process::Signal) -> Result<()> {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).context("bad pid")?;
+    rustix::process::kill_process(pid, signal)?;
+    Ok(())
+}
+
+/// SIGTERM, then waits up to `timeout` for `child` to exit: its exit code. When it is still
+/// running then, it is killed and this fails.
+pub fn terminate_child(mut child: Child, timeout: Duration) -> Result<Option<i32>> {
+    signal_child(&child, rustix::process::Signal::TERM)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.code());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("still running {timeout:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops `child` as a user would: SIGTERM (so it removes its sockets), up to `grace` to exit,
+/// then SIGKILL; reaps it either way.
+pub fn stop_child(mut child: Child, grace: Duration) {
+    let _ = signal_child(&child, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + grace;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A long-running `crossway-proxy` subcommand (`headless`, `filter`) that announces
@@ -228,7 +289,6 @@ impl ProxyProcess {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        use std::io::BufRead as _;
         let log = rt.path().join(format!("{log_name}.log"));
         let mut child = Command::new(workspace_binary("crossway-proxy")?)
             .args(args)
@@ -245,16 +305,7 @@ impl ProxyProcess {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting crossway-proxy")?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = stdout_lines(&mut child)?;
         let mut process = ProxyProcess {
             child: Some(child),
             socket: PathBuf::new(),
@@ -302,12 +353,7 @@ impl ProxyProcess {
 
     /// Sends it `signal`.
     pub fn signal(&self, signal: rustix::process::Signal) -> Result<()> {
-        let pid = self
-            .pid()
-            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
-            .context("not running")?;
-        rustix::process::kill_process(pid, signal)?;
-        Ok(())
+        signal_child(self.child.as_ref().context("not running")?, signal)
     }
 
     /// What it logged so far.
@@ -317,37 +363,16 @@ impl ProxyProcess {
 
     /// SIGTERM, then waits up to `timeout` for it to exit; returns its exit code.
     pub fn terminate(mut self, timeout: Duration) -> Result<Option<i32>> {
-        self.signal(rustix::process::Signal::TERM)?;
-        let mut child = self.child.take().context("not running")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.code());
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "crossway-proxy still running after SIGTERM\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = self.child.take().context("not running")?;
+        terminate_child(child, timeout)
+            .with_context(|| format!("crossway-proxy\n{}", self.log_text()))
     }
 }
 
 impl Drop for ProxyProcess {
     fn drop(&mut self) {
-        // SIGTERM first so it removes its sockets, then SIGKILL if it hangs.
-        let _ = self.signal(rustix::process::Signal::TERM);
-        if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop_child(child, Duration::from_secs(2));
         }
     }
 }
@@ -433,4 +458,56 @@ pub fn paste(rt: &Runtime, program: &Path, socket: &Path, args: &[&str]) -> Resu
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(String::new())
+}
+
+/// Calls `look` every 50 ms until it is true or `timeout` has passed; true if it ever was.
+pub fn eventually(timeout: Duration, mut look: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if look() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `tests/vm/run SCENARIO` (QEMU 10 TCG with bookworm's 6.12 kernel) with `env` set and
+/// returns its report (stdout), failing with its output when it failed. `None` after a
+/// `SKIP: TEST: …` line when the script exited 77: it could not get QEMU or the kernel (no
+/// network, not Debian amd64). The script bounds the VM with its own hard timeout and apt
+/// with its network timeouts.
+pub fn run_vm_scenario(
+    test: &str,
+    scenario: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<Option<String>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/vm/run");
+    let out = Command::new(script)
+        .arg(scenario)
+        .envs(env.iter().copied())
+        .output()
+        .with_context(|| format!("running {script}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(77) {
+        let reason = stdout
+            .lines()
+            .chain(stderr.lines())
+            .find_map(|l| l.strip_prefix("SKIP: "))
+            .unwrap_or("tests/vm/run could not obtain QEMU 10 or the guest kernel");
+        // Straight to the process's stderr, past the harness's capture: scripts/test counts
+        // these lines as skips.
+        let _ = writeln!(
+            std::io::stderr(),
+            "{stdout}{stderr}\nSKIP: {test}: {reason}"
+        );
+        return Ok(None);
+    }
+    if !out.status.success() {
+        bail!("tests/vm/run {scenario}: {}\n{stdout}{stderr}", out.status);
+    }
+    Ok(Some(stdout.into_owned()))
 }

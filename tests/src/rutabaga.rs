@@ -10,7 +10,6 @@
 //! Unlike `crossway-proxy vm`, nothing filters or tags the Wayland stream, there is no
 //! Crossway capset, and a SEND may name only blobs the host made (HOST3D), not guest blobs.
 
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use crossway_protocols::virtgpu::{CROSSWAY_VIRTGPU_ENV, LOOPBACK_ADDRESS_PREFIX};
 
-use crate::Runtime;
+use crate::{Runtime, package_binary, stdout_lines, stop_child, terminate_child};
 
 /// The binary's name (a `[[bin]]` of this package).
 pub const BINARY: &str = "crossway-rutabaga-host";
@@ -35,33 +34,7 @@ pub struct RutabagaHost {
 /// The path of `crossway-rutabaga-host` for the current profile, built once per test process
 /// (a no-op when cargo already built this package's binaries for its tests).
 pub fn binary() -> Result<PathBuf> {
-    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-    let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary has no target dir")?;
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !*built {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "crossway-tests", "--bin", BINARY])
-            .args(if profile_dir.ends_with("release") {
-                &["--release"][..]
-            } else {
-                &[]
-            })
-            .status()?;
-        if !status.success() {
-            bail!("could not build {BINARY}");
-        }
-        *built = true;
-    }
-    let path = profile_dir.join(BINARY);
-    if !path.is_file() {
-        bail!("{} was not built", path.display());
-    }
-    Ok(path)
+    package_binary("crossway-tests", BINARY)
 }
 
 impl RutabagaHost {
@@ -95,16 +68,7 @@ impl RutabagaHost {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .with_context(|| format!("starting {BINARY}"))?;
-        let stdout = child.stdout.take().context("no stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = stdout_lines(&mut child)?;
         let host = RutabagaHost {
             child: Some(child),
             socket,
@@ -158,39 +122,15 @@ impl RutabagaHost {
 
     /// SIGTERM, then waits up to `timeout`; returns its exit code (it removes its socket).
     pub fn terminate(mut self, timeout: Duration) -> Result<Option<i32>> {
-        let mut child = self.child.take().context("not running")?;
-        signal(&child, rustix::process::Signal::TERM)?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status.code());
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("{BINARY} still running after SIGTERM\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = self.child.take().context("not running")?;
+        terminate_child(child, timeout).with_context(|| format!("{BINARY}\n{}", self.log_text()))
     }
-}
-
-fn signal(child: &Child, signal: rustix::process::Signal) -> Result<()> {
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).context("bad pid")?;
-    rustix::process::kill_process(pid, signal)?;
-    Ok(())
 }
 
 impl Drop for RutabagaHost {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = signal(&child, rustix::process::Signal::TERM);
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop_child(child, Duration::from_secs(2));
         }
     }
 }

@@ -27,11 +27,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Host, eventually, headless};
-use crossway_proxy::headless::Image;
-use crossway_proxy::headless::control::request;
+use common::{Host, headless};
 use crossway_tests::rutabaga::RutabagaHost;
-use crossway_tests::{Process, Runtime, parse_wayland_info, require, workspace_binary};
+use crossway_tests::{Process, Runtime, parse_wayland_info, pixels, require, workspace_binary};
 use serde_json::{Value, json};
 
 const VM: &str = "vm1";
@@ -159,52 +157,18 @@ fn test_client() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_crossway-test-client"))
 }
 
-/// crossway-test-client's pattern at (x, y) of a w x h window, RGBA.
-fn client_pixel(x: u32, y: u32, w: u32, h: u32) -> [u8; 4] {
-    let [r, g, b] = if x < 8 && y < 8 {
-        if (x + y).is_multiple_of(2) {
-            [255, 255, 0]
-        } else {
-            [0, 0, 0]
-        }
-    } else {
-        match (x < w / 2, y < h / 2) {
-            (true, true) => [255, 0, 0],
-            (false, true) => [0, 255, 0],
-            (true, false) => [0, 0, 255],
-            (false, false) => [255, 255, 255],
-        }
-    };
-    [r, g, b, 255]
-}
-
 /// Waits for the host toplevel `title` (as the host sees it) and checks every pixel of its
-/// screenshot against the test client's pattern.
+/// screenshot against the test client's picture; what the host reports of the window.
 fn check_window(rt: &Runtime, host: &Host, title: &str, (w, h): (u32, u32)) -> Value {
     let control = host.control.clone().unwrap();
-    let found = request(
+    pixels::assert_window_pixels(
         &control,
-        &json!({"wait_toplevel": {"title": title, "timeout_ms": 30000}}),
+        &rt.path().join("window.png"),
+        title,
+        (w, h),
+        |x, y| pixels::opaque(pixels::test_client_rgb(x, y, w, h)),
     )
-    .unwrap_or_else(|e| panic!("no toplevel {title:?}: {e:#}"));
-    let png = rt.path().join("window.png");
-    let mut wrong = usize::MAX;
-    eventually(|| {
-        request(
-            &control,
-            &json!({"toplevel_screenshot": {"title": title, "path": png}}),
-        )
-        .unwrap();
-        let shot = Image::load_png(&png).unwrap();
-        assert_eq!((shot.width, shot.height), (w, h));
-        wrong = (0..h)
-            .flat_map(|y| (0..w).map(move |x| (x, y)))
-            .filter(|&(x, y)| shot.pixel(x, y) != Some(client_pixel(x, y, w, h)))
-            .count();
-        wrong == 0
-    });
-    assert_eq!(wrong, 0, "{wrong} pixels differ from the client's pattern");
-    found
+    .unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Runs `scenario` against our proxy (`proxy_NAME`) and the reference host (`reference_NAME`).
@@ -396,11 +360,7 @@ fn weston_simple_shm(backend: Backend) {
     let mut app =
         Process::spawn("weston-simple-shm", &mut rt.client(&simple, &chain.socket)).unwrap();
     let control = host.control.clone().unwrap();
-    let found = request(
-        &control,
-        &json!({"wait_toplevel": {"title": chain.title("simple-shm"), "timeout_ms": 30000}}),
-    )
-    .unwrap();
+    let found = pixels::wait_toplevel(&control, &chain.title("simple-shm")).unwrap();
     let app_id = found["app_id"].as_str().unwrap();
     assert!(
         app_id.starts_with(&chain.app_id("")) && app_id.ends_with("simple-shm"),
@@ -510,10 +470,7 @@ fn foot(backend: Backend) {
     c.env("HOME", rt.path())
         .args(["--title", "guest-foot", "sh", "-c", "echo hello; sleep 30"]);
     let term = Process::spawn("foot", &mut c).unwrap();
-    let found = request(
-        &host.control.clone().unwrap(),
-        &json!({"wait_toplevel": {"title": chain.title("guest-foot"), "timeout_ms": 30000}}),
-    );
+    let found = pixels::wait_toplevel(&host.control.clone().unwrap(), &chain.title("guest-foot"));
     let (out, err) = term.finish();
     let found = found.unwrap_or_else(|e| panic!("{e:#}\nfoot:\n{out}\n{err}"));
     assert_eq!(found["app_id"], json!(chain.app_id("foot")), "{found}");

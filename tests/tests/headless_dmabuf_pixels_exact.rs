@@ -5,38 +5,13 @@
 use std::time::Duration;
 
 use crossway_proxy::headless::{Image, ToplevelMatch};
-use crossway_tests::{Process, Runtime};
-
-/// The client's pattern (see `src/bin/test-client.rs`).
-fn expected(x: u32, y: u32, w: u32, h: u32) -> [u8; 4] {
-    let [r, g, b] = if x < 8 && y < 8 {
-        if (x + y).is_multiple_of(2) {
-            [255, 255, 0]
-        } else {
-            [0, 0, 0]
-        }
-    } else {
-        match (x < w / 2, y < h / 2) {
-            (true, true) => [255, 0, 0],
-            (false, true) => [0, 255, 0],
-            (true, false) => [0, 0, 255],
-            (false, false) => [255, 255, 255],
-        }
-    };
-    [r, g, b, 255]
-}
+use crossway_tests::{Process, Runtime, pixels};
 
 fn assert_exact(image: &Image, w: u32, h: u32) {
-    assert_eq!((image.width, image.height), (w, h));
-    for y in 0..h {
-        for x in 0..w {
-            assert_eq!(
-                image.pixel(x, y),
-                Some(expected(x, y, w, h)),
-                "pixel ({x},{y})"
-            );
-        }
-    }
+    let diff = pixels::compare(image, (w, h), |x, y| {
+        pixels::opaque(pixels::test_client_rgb(x, y, w, h))
+    });
+    assert!(diff.exact(), "{diff}");
 }
 
 fn show(immed: bool, title: &str, extra: &[&str]) {

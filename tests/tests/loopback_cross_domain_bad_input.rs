@@ -7,31 +7,14 @@
 mod loopback_cross_domain_common;
 
 use crossway_tests::Runtime;
-use loopback_cross_domain_common::{headless, run_guest};
+use loopback_cross_domain_common::{assert_bad_outcome, headless, run_guest};
 
-/// Runs `scenario`; its outcome line must say the device refused the SEND or the channel then
-/// failed (an error event, a closed channel), not that it was accepted or left unanswered. The
-/// guest itself checks that the fresh channel sees the same globals as before.
+/// Runs `scenario` and checks its outcome ([`assert_bad_outcome`]).
 fn bad(scenario: &str) {
     let rt = Runtime::new().unwrap();
     let host = headless(&rt, "host-0").unwrap();
     let lines = run_guest(&rt, &host, Some("badvm"), &[scenario]).unwrap();
-    let [outcome, fresh] = &lines[..] else {
-        panic!("{lines:?}")
-    };
-    let outcome = outcome.strip_prefix("bad: ").unwrap();
-    assert!(
-        (outcome.starts_with("refused: ") || outcome.starts_with("channel: "))
-            && !outcome.contains("timed out"),
-        "{scenario}: {outcome}"
-    );
-    let n: usize = fresh
-        .strip_prefix("fresh: ")
-        .and_then(|f| f.strip_suffix(" globals"))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(n > 0, "{lines:?}");
+    assert_bad_outcome(scenario, &lines);
 }
 
 #[test]

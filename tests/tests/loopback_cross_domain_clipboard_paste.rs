@@ -7,10 +7,8 @@
 
 mod loopback_cross_domain_common;
 
-use std::time::{Duration, Instant};
-
-use crossway_tests::{Process, Runtime, require};
-use loopback_cross_domain_common::{headless, run_guest};
+use crossway_tests::{Runtime, require};
+use loopback_cross_domain_common::{assert_pasted, headless, host_selection, run_guest};
 
 const TEXT: &str = "crossway clipboard from the host";
 
@@ -40,33 +38,9 @@ fn paste(test: &str, extra: &[&str]) {
     };
     let rt = Runtime::new().unwrap();
     let host = headless(&rt, "host-0").unwrap();
-    let mut copy = rt.client(&wl_copy, &host.display);
-    copy.args(["--foreground", TEXT]);
-    let _copy = Process::spawn("wl-copy", &mut copy).unwrap();
-    // Wait until the selection is set on the host, as a host client sees it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out: std::process::Output = rt
-            .client(&wl_paste, &host.display)
-            .arg("-n")
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&out.stdout) == TEXT {
-            break;
-        }
-        assert!(Instant::now() < deadline, "wl-copy never set the selection");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _copy = host_selection(&rt, &host, (&wl_copy, &wl_paste), TEXT);
     let mut args = vec!["clipboard-paste"];
     args.extend_from_slice(extra);
     let lines = run_guest(&rt, &host, Some("clipvm"), &args).unwrap();
-    // wl-copy offers text/plain;charset=utf-8, the guest's first choice; the text arrives whole.
-    assert_eq!(
-        lines,
-        [
-            "configured".to_owned(),
-            "offer text/plain;charset=utf-8".to_owned(),
-            format!("pasted {TEXT}")
-        ]
-    );
+    assert_pasted(&lines, TEXT);
 }

@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 use crossway_agent::channel::{Channel, ChannelConfig, ChannelError, ChannelMessage, SendId};
 use crossway_protocols::cross_domain::gbm_flags;
 use crossway_protocols::virtgpu::*;
-use crossway_proxy::headless::Image;
-use crossway_proxy::headless::control::request;
 use crossway_tests::rutabaga::RutabagaHost;
 use crossway_tests::{Process, Runtime, require};
 use crossway_virtio::loopback::LoopbackClient;
-use loopback_cross_domain_common::{Host, expected_pixel, headless, release, release_path};
-use serde_json::json;
+use loopback_cross_domain_common::{
+    Host, Server, assert_bad_outcome, assert_host_blob_window, assert_keymap, assert_pasted,
+    headless, host_selection, run_guest_ok, window_on,
+};
 
 const XDG_GUEST: &str = env!("CARGO_BIN_EXE_crossway-xd-guest");
 const PROBE: &str = env!("CARGO_BIN_EXE_crossway-virtgpu-probe");
@@ -46,16 +46,16 @@ fn setup() -> Setup {
 }
 
 impl Setup {
-    fn spawn(&self, program: &str, args: &[&str]) -> Process {
-        let mut cmd = self.rutabaga.guest_command(&self.rt, program);
-        cmd.args(args);
-        Process::spawn(program, &mut cmd).unwrap()
+    fn server(&self) -> Server<'_> {
+        Server::Reference(&self.rutabaga)
     }
 
     /// Runs a guest program to its end: (exit code, stdout lines, stderr).
     fn run(&self, program: &str, args: &[&str]) -> (Option<i32>, Vec<String>, String) {
-        let (code, out, err) = self
-            .spawn(program, args)
+        let mut cmd = self.rutabaga.guest_command(&self.rt, program);
+        cmd.args(args);
+        let (code, out, err) = Process::spawn(program, &mut cmd)
+            .unwrap()
             .wait(Duration::from_secs(90))
             .unwrap();
         (code, out.lines().map(str::to_owned).collect(), err)
@@ -63,15 +63,7 @@ impl Setup {
 
     /// Runs `crossway-xd-guest ARGS`, which must exit 0; its stdout lines.
     fn xd_guest(&self, args: &[&str]) -> Vec<String> {
-        let (code, lines, err) = self.run(XDG_GUEST, args);
-        assert_eq!(
-            code,
-            Some(0),
-            "xd-guest {args:?}\nstdout:\n{}\nstderr:\n{err}\nhost log:\n{}",
-            lines.join("\n"),
-            self.rutabaga.log_text()
-        );
-        lines
+        run_guest_ok(&self.rt, &self.host, self.server(), args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 
@@ -95,113 +87,25 @@ fn rutabaga_reference_host_registry_lists_host_globals_unfiltered() {
     );
 }
 
-/// Calls `look` every 50 ms until it is true or 20 s have passed; true if it ever was.
-fn eventually(mut look: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if look() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
+/// No relay in between: title and app id arrive as the guest set them.
 #[test]
 fn rutabaga_reference_host_host_blob_window_shows_exact_pixels_untagged() {
-    const W: u32 = 96;
-    const H: u32 = 64;
     let s = setup();
-    let control = s.host.control.clone().unwrap();
-    let hold = release_path(&s.rt, "host-blob");
-    let guest = s.spawn(
-        XDG_GUEST,
-        &[
-            "host-blob-window",
-            "--title",
-            "xd-rutabaga",
-            "--app-id",
-            "xd-guest.window",
-            "--frames",
-            "3",
-            "--hold-until",
-            hold.to_str().unwrap(),
-        ],
+    let lines = window_on(
+        &s.rt,
+        &s.host,
+        s.server(),
+        "host-blob-window",
+        "xd-rutabaga",
     );
-    // No relay in between: title and app id arrive as the guest set them.
-    let found = request(
-        &control,
-        &json!({"wait_toplevel": {"title": "xd-rutabaga", "timeout_ms": 30000}}),
-    );
-    let found = match found {
-        Ok(f) => f,
-        Err(e) => {
-            release(&hold);
-            let (out, err) = guest.finish();
-            panic!(
-                "no toplevel: {e:#}\nstdout:\n{out}\nstderr:\n{err}\nhost log:\n{}",
-                s.rutabaga.log_text()
-            );
-        }
-    };
-    assert_eq!(found["app_id"], json!("xd-guest.window"), "{found}");
-    let png = s.rt.path().join("window.png");
-    let mut wrong = 0;
-    eventually(|| {
-        request(
-            &control,
-            &json!({"toplevel_screenshot": {"title": "xd-rutabaga", "path": png}}),
-        )
-        .unwrap();
-        let shot = Image::load_png(&png).unwrap();
-        assert_eq!((shot.width, shot.height), (W, H));
-        wrong = (0..H)
-            .flat_map(|y| (0..W).map(move |x| (x, y)))
-            .filter(|&(x, y)| shot.pixel(x, y) != Some(expected_pixel(x, y, W, H)))
-            .count();
-        wrong == 0
-    });
-    assert_eq!(wrong, 0, "pixels differ from the guest's pattern");
-    release(&hold);
-    let (code, out, err) = guest.wait(Duration::from_secs(30)).unwrap();
-    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "configured");
     // rutabaga's system allocator: LINEAR, rows of at least width * 4 bytes.
-    let stride: u32 = lines[1]
-        .strip_prefix("image stride ")
-        .and_then(|l| l.split(' ').next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(stride >= W * 4, "{lines:?}");
-    assert_eq!(
-        &lines[2..],
-        [
-            "buffer 96x64 host-blob",
-            "frame 1",
-            "frame 2",
-            "frame 3",
-            "shown",
-            "released"
-        ]
-    );
+    assert_host_blob_window(&lines);
 }
 
 #[test]
 fn rutabaga_reference_host_keymap_blob_maps_and_reads_xkb_keymap() {
     let s = setup();
-    let lines = s.xd_guest(&["keymap"]);
-    let [line] = &lines[..] else {
-        panic!("{lines:?}")
-    };
-    let words: Vec<&str> = line.split(' ').collect();
-    let ["keymap", "format", "1", "size", size, "xkb_keymap"] = words[..] else {
-        panic!("{line}")
-    };
-    assert!(size.parse::<u32>().unwrap() > 1000, "{line}");
+    assert_keymap(&s.xd_guest(&["keymap"]));
 }
 
 const TEXT: &str = "crossway clipboard through rutabaga";
@@ -214,47 +118,10 @@ fn paste(test: &str, extra: &[&str]) {
         return;
     };
     let s = setup();
-    // Wait until the selection is set on the host, as a host client sees it. A probing
-    // wl-paste can take the keyboard focus wl-copy waits for, so wl-copy is restarted every
-    // 2 s until its selection shows.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut _copy;
-    'copied: loop {
-        let mut copy = s.rt.client(&wl_copy, &s.host.display);
-        copy.args(["--foreground", TEXT]);
-        _copy = Process::spawn("wl-copy", &mut copy).unwrap();
-        let retry = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < retry {
-            let out =
-                s.rt.client(&wl_paste, &s.host.display)
-                    .arg("-n")
-                    .output()
-                    .unwrap();
-            if String::from_utf8_lossy(&out.stdout) == TEXT {
-                break 'copied;
-            }
-            assert!(Instant::now() < deadline, "wl-copy never set the selection");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    let _copy = host_selection(&s.rt, &s.host, (&wl_copy, &wl_paste), TEXT);
     let mut args = vec!["clipboard-paste"];
     args.extend_from_slice(extra);
-    let (code, lines, err) = s.run(XDG_GUEST, &args);
-    assert_eq!(
-        code,
-        Some(0),
-        "stdout:\n{}\nstderr:\n{err}\nhost log:\n{}",
-        lines.join("\n"),
-        s.rutabaga.log_text()
-    );
-    assert_eq!(
-        lines,
-        [
-            "configured".to_owned(),
-            "offer text/plain;charset=utf-8".to_owned(),
-            format!("pasted {TEXT}")
-        ]
-    );
+    assert_pasted(&s.xd_guest(&args), TEXT);
 }
 
 #[test]
@@ -276,24 +143,7 @@ fn rutabaga_reference_host_clipboard_paste_read_first_gets_text_without_other_tr
 /// Bad SENDs: refused by rutabaga (the SUBMIT_3D fails) or the channel then fails; a fresh
 /// channel still sees the globals.
 fn bad(scenario: &str) {
-    let s = setup();
-    let lines = s.xd_guest(&[scenario]);
-    let [outcome, fresh] = &lines[..] else {
-        panic!("{lines:?}")
-    };
-    let outcome = outcome.strip_prefix("bad: ").unwrap();
-    assert!(
-        (outcome.starts_with("refused: ") || outcome.starts_with("channel: "))
-            && !outcome.contains("timed out"),
-        "{scenario}: {outcome}"
-    );
-    let n: usize = fresh
-        .strip_prefix("fresh: ")
-        .and_then(|f| f.strip_suffix(" globals"))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(n > 0, "{lines:?}");
+    assert_bad_outcome(scenario, &setup().xd_guest(&[scenario]));
 }
 
 #[test]

@@ -7,46 +7,21 @@
 //! outside the repository and exits with 77 when it cannot (no network, not Debian amd64).
 #![allow(clippy::unwrap_used)] // a failed unwrap is the test failure
 
-use std::io::Write as _;
-use std::process::Command;
-
-/// Runs `tests/vm/run SCENARIO`; false when it skipped (reported as `SKIP:`).
-#[allow(clippy::print_stdout, clippy::print_stderr)] // the harness's report is the test's output
-fn run_scenario(scenario: &str, test: &str) -> bool {
+/// Runs `tests/vm/run SCENARIO` with our binaries; its report is the test's output.
+#[allow(clippy::print_stdout)] // the harness's report is the test's output
+fn run_scenario(scenario: &str, test: &str) {
     let proxy = crossway_tests::workspace_binary("crossway-proxy").unwrap();
     // The binaries scenarios ship into the guest (`scenario_binaries`) are this package's.
     let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_crossway-virtgpu-probe"))
         .parent()
         .unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/vm/run");
-    // The script bounds the VM with its own hard timeout and apt with its network timeouts.
-    let out = Command::new(script)
-        .arg(scenario)
-        .env("CROSSWAY_PROXY", &proxy)
-        .env("CROSSWAY_BIN_DIR", bin_dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(77) {
-        eprintln!("{stdout}{stderr}");
-        let reason = stdout
-            .lines()
-            .chain(stderr.lines())
-            .find_map(|l| l.strip_prefix("SKIP: "))
-            .unwrap_or("tests/vm/run could not obtain QEMU 10 or the guest kernel");
-        // Straight to the process's stderr, past the harness's capture: scripts/test counts
-        // these lines as skips.
-        let _ = writeln!(std::io::stderr(), "SKIP: {test}: {reason}");
-        return false;
+    let env = [
+        ("CROSSWAY_PROXY", proxy.as_os_str()),
+        ("CROSSWAY_BIN_DIR", bin_dir.as_os_str()),
+    ];
+    if let Some(report) = crossway_tests::run_vm_scenario(test, scenario, &env).unwrap() {
+        println!("{report}");
     }
-    assert!(
-        out.status.success(),
-        "tests/vm/run {scenario}: {}\n{stdout}{stderr}",
-        out.status
-    );
-    println!("{stdout}");
-    true
 }
 
 #[test]

@@ -14,44 +14,20 @@
 //! with 77 when it cannot (no network, not Debian amd64).
 #![allow(clippy::unwrap_used)] // a failed unwrap is the test failure
 
-use std::io::Write as _;
-use std::process::Command;
-
 #[test]
+#[allow(clippy::print_stdout)] // the figures (CPU per frame on both paths) are the test's output
 fn host_side_in_vm_exports_guest_blobs_as_udmabufs_without_copies() {
     let proxy = crossway_tests::workspace_binary("crossway-proxy").unwrap();
     let agent = crossway_tests::workspace_binary("crossway-agent").unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/vm/run");
-    // The script bounds the VM with its own hard timeout and apt with its network timeouts.
-    let out = Command::new(script)
-        .arg("udmabuf")
-        .env("CROSSWAY_PROXY", &proxy)
-        .env("CROSSWAY_AGENT", &agent)
-        .env(
-            "CROSSWAY_TEST_CLIENT",
-            env!("CARGO_BIN_EXE_crossway-test-client"),
-        )
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.code() == Some(77) {
-        eprintln!("{stdout}{stderr}");
-        let reason = stdout
-            .lines()
-            .chain(stderr.lines())
-            .find_map(|l| l.strip_prefix("SKIP: "))
-            .unwrap_or("tests/vm/run could not obtain QEMU 10 or the guest kernel");
-        // Straight to the process's stderr, past the harness's capture: scripts/test counts
-        // these lines as skips.
-        let _ = writeln!(std::io::stderr(), "SKIP: vm_qemu_udmabuf: {reason}");
-        return;
+    let client = std::ffi::OsStr::new(env!("CARGO_BIN_EXE_crossway-test-client"));
+    let env = [
+        ("CROSSWAY_PROXY", proxy.as_os_str()),
+        ("CROSSWAY_AGENT", agent.as_os_str()),
+        ("CROSSWAY_TEST_CLIENT", client),
+    ];
+    if let Some(report) =
+        crossway_tests::run_vm_scenario("vm_qemu_udmabuf", "udmabuf", &env).unwrap()
+    {
+        println!("{report}");
     }
-    assert!(
-        out.status.success(),
-        "tests/vm/run udmabuf: {}\n{stdout}{stderr}",
-        out.status
-    );
-    // The figures (CPU per frame on both paths) are part of the test's output.
-    println!("{stdout}");
 }

@@ -54,6 +54,7 @@ use clap::Parser;
 use crossway_protocols::virtgpu::*;
 use crossway_virtio::loopback::mmap::{Mapping, Piece};
 use crossway_virtio::loopback::server::map_served;
+use crossway_virtio::loopback::uapi::{PrimeTokens, capset_mask, context_params, copy_capset};
 use crossway_virtio::loopback::{LoopbackServer, ServedDevice, ServedFile, ServerConfig};
 use crossway_virtio::protocol::VIRTIO_GPU_RESP_ERR_UNSPEC;
 use rutabaga_gfx::{
@@ -67,7 +68,7 @@ use rutabaga_gfx::{
 const CHANNEL_TYPE_WAYLAND: u32 = 1;
 const PAGE: u64 = 4096;
 /// First bytes of a PRIME token of this host.
-const PRIME_MAGIC: &[u8; 8] = b"CWRTPRIM";
+const PRIME_MAGIC: [u8; 8] = *b"CWRTPRIM";
 const CONTEXT_NAME: &str = "crossway-rutabaga-host";
 
 /// Serves the virtgpu loopback socket on top of rutabaga_gfx's cross-domain context.
@@ -417,7 +418,7 @@ struct DevShared {
     capsets: Vec<(u32, u32, u32)>,
     next_ctx: AtomicU32,
     next_fence: AtomicU64,
-    cookie: u32,
+    prime: PrimeTokens,
     limits: Limits,
 }
 
@@ -492,7 +493,10 @@ impl RutabagaDevice {
                 capsets,
                 next_ctx: AtomicU32::new(1),
                 next_fence: AtomicU64::new(1),
-                cookie,
+                prime: PrimeTokens {
+                    magic: PRIME_MAGIC,
+                    cookie,
+                },
                 limits,
             }),
         })
@@ -665,13 +669,9 @@ impl VirtGpu for RutabagaFile {
             | VIRTGPU_PARAM_CONTEXT_INIT
             | VIRTGPU_PARAM_EXPLICIT_DEBUG_NAME => 1,
             VIRTGPU_PARAM_CROSS_DEVICE => 0,
-            VIRTGPU_PARAM_SUPPORTED_CAPSET_IDS => self
-                .dev
-                .shared
-                .capsets
-                .iter()
-                .filter(|c| c.0 < 64)
-                .fold(0, |m, c| m | (1u64 << c.0)),
+            VIRTGPU_PARAM_SUPPORTED_CAPSET_IDS => {
+                capset_mask(self.dev.shared.capsets.iter().map(|c| c.0))
+            }
             _ => return Err(VirtGpuError::InvalidArgument("unknown param")),
         })
     }
@@ -696,10 +696,7 @@ impl VirtGpu for RutabagaFile {
             .dev
             .call(move |d| Ok(d.rutabaga.get_capset(cap_set_id, cap_set_ver)))?
             .map_err(|e| refused("a capset", e))?;
-        let size = (max_size as usize).min(data.len());
-        let n = size.min(buf.len());
-        buf[..n].copy_from_slice(&data[..n]);
-        Ok(size)
+        Ok(copy_capset(&data, max_size, buf))
     }
 
     fn context_init(
@@ -709,42 +706,13 @@ impl VirtGpu for RutabagaFile {
         if self.context.is_some() {
             return Err(VirtGpuError::Os(rustix::io::Errno::EXIST.raw_os_error()));
         }
-        let (mut capset, mut rings, mut mask) = (None, None, None);
-        for p in params {
-            let slot = match p.param {
-                VIRTGPU_CONTEXT_PARAM_CAPSET_ID => &mut capset,
-                VIRTGPU_CONTEXT_PARAM_NUM_RINGS => &mut rings,
-                VIRTGPU_CONTEXT_PARAM_POLL_RINGS_MASK => &mut mask,
-                VIRTGPU_CONTEXT_PARAM_DEBUG_NAME => continue,
-                _ => return Err(VirtGpuError::InvalidArgument("unknown context param")),
-            };
-            if slot.replace(p.value).is_some() {
-                return Err(VirtGpuError::InvalidArgument("context param set twice"));
-            }
-        }
-        let capset = capset.unwrap_or(0);
         let supported = self.get_param(VIRTGPU_PARAM_SUPPORTED_CAPSET_IDS)?;
-        if capset != 0 && (capset >= 64 || supported & (1 << capset) == 0) {
-            return Err(VirtGpuError::InvalidArgument("capset not supported"));
-        }
-        let rings = rings.unwrap_or(0);
-        if rings > VIRTGPU_MAX_RINGS {
-            return Err(VirtGpuError::InvalidArgument("too many rings"));
-        }
-        let mask = mask.unwrap_or(0);
-        let valid = if rings == 64 {
-            u64::MAX
-        } else {
-            (1u64 << rings) - 1
-        };
-        if mask & !valid != 0 {
-            return Err(VirtGpuError::InvalidArgument("poll mask outside the rings"));
-        }
+        let c = context_params(params, supported)?;
         self.create_context(
-            capset as u32,
+            c.capset_id,
             CtxState {
-                num_rings: rings as u32,
-                poll_mask: mask,
+                num_rings: c.num_rings,
+                poll_mask: c.poll_rings_mask,
             },
         )
     }
@@ -888,27 +856,14 @@ impl VirtGpu for RutabagaFile {
 
     fn prime_handle_to_fd(&mut self, bo_handle: u32) -> Result<OwnedFd, VirtGpuError> {
         let bo = self.bo(bo_handle)?;
-        let fd = memfd("crossway-rutabaga-prime", 16)?;
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(PRIME_MAGIC);
-        b[8..12].copy_from_slice(&bo.res.to_le_bytes());
-        b[12..].copy_from_slice(&self.dev.shared.cookie.to_le_bytes());
-        if rustix::io::pwrite(&fd, &b, 0).map_err(os)? != b.len() {
-            return Err(VirtGpuError::OutOfMemory("memfd"));
-        }
-        Ok(fd)
+        self.dev
+            .shared
+            .prime
+            .export("crossway-rutabaga-prime", bo.res)
     }
 
     fn prime_fd_to_handle(&mut self, fd: std::os::fd::BorrowedFd<'_>) -> Result<u32, VirtGpuError> {
-        let mut b = [0u8; 16];
-        let n = rustix::io::pread(fd, &mut b, 0).unwrap_or(0);
-        let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-        if n != 16 || &b[..8] != PRIME_MAGIC || word(12) != self.dev.shared.cookie {
-            return Err(VirtGpuError::InvalidArgument(
-                "not a buffer of this device (foreign dmabufs are not imported)",
-            ));
-        }
-        let res = word(8);
+        let res = self.dev.shared.prime.import(fd)?;
         if let Some((&h, _)) = self.handles.iter().find(|(_, bo)| bo.res == res) {
             return Ok(h);
         }

@@ -37,10 +37,12 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use crossway_agent::device::{AgentDevice, AgentMapping, DeviceSpec};
 use crossway_protocols::dmabuf::{FormatTable, parse_tranche_indices};
+// Picture A, which the scenarios check against (one definition for both sides).
 use crossway_protocols::virtgpu::{
     CROSS_DOMAIN_CONTEXT_PARAMS, VIRTGPU_BLOB_FLAG_USE_MAPPABLE, VIRTGPU_BLOB_FLAG_USE_SHAREABLE,
     VIRTGPU_BLOB_MEM_GUEST, VirtGpu, VirtGpuMapping, drm_virtgpu_resource_create_blob,
 };
+use crossway_tests::pixels::test_client_rgb as pattern;
 use wayland_client::backend::ObjectId;
 use wayland_client::protocol::{
     wl_buffer, wl_callback, wl_compositor, wl_registry, wl_shm, wl_shm_pool, wl_surface,
@@ -150,24 +152,6 @@ fn parse_rect(s: &str) -> Result<[u32; 4], String> {
         .map(|n| n.trim().parse::<u32>().map_err(|e| format!("{n:?}: {e}")))
         .collect::<Result<_, _>>()?;
     v.try_into().map_err(|_| "expected X,Y,W,H".to_owned())
-}
-
-/// The colour of pixel (x, y): four quadrants (red, green, blue, white) with a one-pixel
-/// checker in the top-left 8x8 so that off-by-one rows or columns show.
-pub fn pattern(x: u32, y: u32, width: u32, height: u32) -> [u8; 3] {
-    if x < 8 && y < 8 {
-        return if (x + y).is_multiple_of(2) {
-            [255, 255, 0]
-        } else {
-            [0, 0, 0]
-        };
-    }
-    match (x < width / 2, y < height / 2) {
-        (true, true) => [255, 0, 0],
-        (false, true) => [0, 255, 0],
-        (true, false) => [0, 0, 255],
-        (false, false) => [255, 255, 255],
-    }
 }
 
 #[derive(Default)]

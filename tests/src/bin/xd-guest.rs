@@ -54,6 +54,7 @@ use crossway_protocols::objects::ObjectMap;
 use crossway_protocols::tables::ProtocolTable;
 use crossway_protocols::virtgpu::{CROSSWAY_VIRTGPU_ENV, VirtGpuAddress, VirtGpuMapping};
 use crossway_protocols::wire::{self, Arg, Message, ObjectId};
+use crossway_tests::pixels::quadrants_rgb;
 use crossway_virtio::loopback::LoopbackClient;
 
 /// XRGB8888 as wl_shm names it.
@@ -128,15 +129,11 @@ fn say(line: &str) -> Result<()> {
     Ok(())
 }
 
-/// The pattern a window draws: quadrants red, green (top right), blue (bottom left), white, as
+/// The pattern a window draws ([`quadrants_rgb`], which the scenarios check against), as
 /// XRGB8888 bytes in memory order (B, G, R, X).
 fn pattern(x: u32, y: u32, w: u32, h: u32) -> [u8; 4] {
-    match (x < w / 2, y < h / 2) {
-        (true, true) => [0, 0, 255, 255],
-        (false, true) => [0, 255, 0, 255],
-        (true, false) => [255, 0, 0, 255],
-        (false, false) => [255, 255, 255, 255],
-    }
+    let [r, g, b] = quadrants_rgb(x, y, w, h);
+    [b, g, r, 255]
 }
 
 fn draw(

@@ -37,8 +37,8 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::loopback::frontend::{FrontendError, PAGE, RING_AREA, RamConfig, Vmm};
 use crate::loopback::mmap::{Mapping, Piece};
+use crate::loopback::uapi::{PrimeTokens, capset_mask, context_params, copy_capset};
 use crate::loopback::vring::Buffer;
-use crate::memfd::Memfd;
 use crate::protocol::*;
 
 /// Limits and sizes of a loopback VM.
@@ -129,7 +129,7 @@ struct Shared {
     stop: AtomicBool,
     config: LoopbackConfig,
     capsets: Mutex<Vec<(u32, u32, u32)>>,
-    cookie: u32,
+    prime: PrimeTokens,
 }
 
 /// A running loopback VM: the frontend, guest RAM and the completion thread. Cheap to clone.
@@ -250,7 +250,10 @@ impl LoopbackVm {
         } else {
             Vec::new()
         };
-        let cookie = std::process::id() ^ (Instant::now().elapsed().subsec_nanos());
+        // Tells this VM's PRIME tokens from those of another VM in the same process (the
+        // counter) or of a VM in another process (the pid).
+        static VMS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let cookie = std::process::id().rotate_left(16) ^ VMS.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 vmm,
@@ -271,7 +274,10 @@ impl LoopbackVm {
             stop: AtomicBool::new(false),
             config,
             capsets: Mutex::new(Vec::new()),
-            cookie,
+            prime: PrimeTokens {
+                magic: PRIME_MAGIC,
+                cookie,
+            },
         });
         let s2 = shared.clone();
         std::thread::Builder::new()
@@ -601,7 +607,7 @@ pub struct LoopbackFile {
     events_w: Arc<EventSink>,
 }
 
-const PRIME_MAGIC: &[u8; 8] = b"CWLBPRIM";
+const PRIME_MAGIC: [u8; 8] = *b"CWLBPRIM";
 
 impl LoopbackFile {
     /// The context id this file uses on the device.
@@ -751,15 +757,16 @@ impl VirtGpu for LoopbackFile {
             VIRTGPU_PARAM_CONTEXT_INIT | VIRTGPU_PARAM_EXPLICIT_DEBUG_NAME => {
                 b(VIRTIO_GPU_F_CONTEXT_INIT)
             }
-            VIRTGPU_PARAM_SUPPORTED_CAPSET_IDS => self
-                .vm
-                .shared
-                .capsets
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .iter()
-                .filter(|c| c.0 < 64)
-                .fold(0, |m, c| m | (1u64 << c.0)),
+            VIRTGPU_PARAM_SUPPORTED_CAPSET_IDS => capset_mask(
+                self.vm
+                    .shared
+                    .capsets
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter()
+                    .map(|c| c.0)
+                    .collect::<Vec<_>>(),
+            ),
             _ => return Err(VirtGpuError::InvalidArgument("unknown param")),
         })
     }
@@ -792,10 +799,7 @@ impl VirtGpu for LoopbackFile {
         )?;
         check_ok(&r, VIRTIO_GPU_RESP_OK_CAPSET)?;
         let data = r.get(size_of::<virtio_gpu_ctrl_hdr>()..).unwrap_or(&[]);
-        let size = (max_size as usize).min(data.len());
-        let n = size.min(buf.len());
-        buf[..n].copy_from_slice(&data[..n]);
-        Ok(size)
+        Ok(copy_capset(data, max_size, buf))
     }
 
     fn context_init(
@@ -808,42 +812,13 @@ impl VirtGpu for LoopbackFile {
         if self.context.is_some() {
             return Err(VirtGpuError::Os(libc::EEXIST));
         }
-        let (mut capset, mut rings, mut mask) = (None, None, None);
-        for p in params {
-            let slot = match p.param {
-                VIRTGPU_CONTEXT_PARAM_CAPSET_ID => &mut capset,
-                VIRTGPU_CONTEXT_PARAM_NUM_RINGS => &mut rings,
-                VIRTGPU_CONTEXT_PARAM_POLL_RINGS_MASK => &mut mask,
-                VIRTGPU_CONTEXT_PARAM_DEBUG_NAME => continue,
-                _ => return Err(VirtGpuError::InvalidArgument("unknown context param")),
-            };
-            if slot.replace(p.value).is_some() {
-                return Err(VirtGpuError::InvalidArgument("context param set twice"));
-            }
-        }
-        let capset = capset.unwrap_or(0);
         let supported = self.get_param(VIRTGPU_PARAM_SUPPORTED_CAPSET_IDS)?;
-        if capset != 0 && (capset >= 64 || supported & (1 << capset) == 0) {
-            return Err(VirtGpuError::InvalidArgument("capset not supported"));
-        }
-        let rings = rings.unwrap_or(0);
-        if rings > VIRTGPU_MAX_RINGS {
-            return Err(VirtGpuError::InvalidArgument("too many rings"));
-        }
-        let mask = mask.unwrap_or(0);
-        let valid = if rings == 64 {
-            u64::MAX
-        } else {
-            (1u64 << rings) - 1
-        };
-        if mask & !valid != 0 {
-            return Err(VirtGpuError::InvalidArgument("poll mask outside the rings"));
-        }
+        let c = context_params(params, supported)?;
         self.create_context(
-            capset as u32,
+            c.capset_id,
             CtxState {
-                num_rings: rings as u32,
-                poll_mask: mask,
+                num_rings: c.num_rings,
+                poll_mask: c.poll_rings_mask,
             },
         )
     }
@@ -1112,30 +1087,14 @@ impl VirtGpu for LoopbackFile {
 
     fn prime_handle_to_fd(&mut self, bo_handle: u32) -> Result<OwnedFd, VirtGpuError> {
         let bo = self.bo(bo_handle)?;
-        let m = Memfd::new("crossway-loopback-prime", 16)
-            .map_err(|_| VirtGpuError::OutOfMemory("memfd"))?;
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(PRIME_MAGIC);
-        b[8..12].copy_from_slice(&bo.res.to_le_bytes());
-        b[12..].copy_from_slice(&self.vm.shared.cookie.to_le_bytes());
-        m.write_at(0, &b)
-            .map_err(|_| VirtGpuError::OutOfMemory("memfd"))?;
-        m.try_clone_fd()
-            .map_err(|e| VirtGpuError::Os(e.raw_os_error().unwrap_or(0)))
+        self.vm
+            .shared
+            .prime
+            .export("crossway-loopback-prime", bo.res)
     }
 
     fn prime_fd_to_handle(&mut self, fd: BorrowedFd<'_>) -> Result<u32, VirtGpuError> {
-        let mut b = [0u8; 16];
-        let n = rustix::io::pread(fd, &mut b, 0).unwrap_or(0);
-        let mut w = [0u8; 4];
-        w.copy_from_slice(&b[12..]);
-        if n != 16 || &b[..8] != PRIME_MAGIC || u32::from_le_bytes(w) != self.vm.shared.cookie {
-            return Err(VirtGpuError::InvalidArgument(
-                "not a buffer of this loopback device (foreign dmabufs are not imported)",
-            ));
-        }
-        w.copy_from_slice(&b[8..12]);
-        let res = u32::from_le_bytes(w);
+        let res = self.vm.shared.prime.import(fd)?;
         if let Some((&h, _)) = self.handles.iter().find(|(_, bo)| bo.res == res) {
             return Ok(h);
         }

@@ -13,7 +13,8 @@
 //! blob mappings (the only `unsafe` besides [`fdpass`]). [`server`] serves device files to
 //! other processes over a Unix socket ([`wire`] is its protocol; any [`ServedDevice`] can be
 //! served, not only this VM), and [`client`] is their side
-//! ([`client::LoopbackClient`] implements `VirtGpu` too).
+//! ([`client::LoopbackClient`] implements `VirtGpu` too). [`uapi`] holds the driver's checks
+//! and PRIME tokens that other userspace devices serving the same API reuse.
 
 pub mod client;
 pub mod driver;
@@ -21,6 +22,7 @@ pub mod fdpass;
 pub mod frontend;
 pub mod mmap;
 pub mod server;
+pub mod uapi;
 pub mod vring;
 pub mod wire;
 
