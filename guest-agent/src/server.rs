@@ -32,6 +32,8 @@ const MAX_FDS_OUT: usize = 28;
 const READ_CHUNK: usize = 16 * 1024;
 /// Bytes read from a clipboard pipe at once (one cross-domain WRITE).
 const PIPE_CHUNK: usize = 4072;
+/// Bytes a pipe takes without blocking once poll says it is writable (Linux `PIPE_BUF`).
+const PIPE_BUF: usize = 4096;
 
 /// Opens one device file for one client: the device and the `dev_t` of its render node.
 pub type OpenDevice<D> = dyn Fn() -> Result<(D, Option<u64>)> + Send + Sync;
@@ -414,18 +416,22 @@ fn host_messages<D: VirtGpu>(session: &mut Session<D>) -> Result<(), LoopEnd> {
     }
 }
 
+/// Writes what is queued for a read pipe the poll found writable. The fd is the client's and
+/// usually blocking (its file status is shared with the client, so the agent leaves it so):
+/// one write of at most `PIPE_BUF` bytes, which POLLOUT guarantees room for, and back to the
+/// poll. A client that never reads its end then stalls only its transfer, never the thread.
 fn write_read_pipe<D: VirtGpu>(session: &mut Session<D>, id: u32) {
     let Some(p) = session.read_pipes.get_mut(&id) else {
         return;
     };
-    while !p.queue.is_empty() {
+    if !p.queue.is_empty() {
         let (a, _) = p.queue.as_slices();
+        let a = &a[..a.len().min(PIPE_BUF)];
         match rustix::io::write(&p.write, a) {
             Ok(n) => {
                 p.queue.drain(..n);
             }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::AGAIN) => return,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
             Err(_) => {
                 // The reader went away: nothing more to deliver.
                 session.read_pipes.remove(&id);
@@ -433,7 +439,7 @@ fn write_read_pipe<D: VirtGpu>(session: &mut Session<D>, id: u32) {
             }
         }
     }
-    if p.hang_up {
+    if p.hang_up && p.queue.is_empty() {
         session.read_pipes.remove(&id);
     }
 }
@@ -525,4 +531,53 @@ pub fn write_stats(path: &Path, stats: &AgentStats) -> std::io::Result<()> {
     tmp.push(".tmp");
     std::fs::write(&tmp, stats.to_json())?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::channel::tests::open;
+    use crate::relay::{ClientReadPipe, SessionConfig, SessionLimits};
+
+    #[test]
+    fn write_read_pipe_never_blocks_on_a_client_that_does_not_read() {
+        let mut session = Session::new(
+            open(),
+            Arc::new(SessionConfig {
+                limits: SessionLimits::default(),
+                guest_dev: None,
+            }),
+            Arc::new(AgentStats::default()),
+        );
+        // A blocking pipe, as clients create them; nobody reads `_read`.
+        let (_read, write) = rustix::pipe::pipe().unwrap();
+        session.read_pipes.insert(
+            7,
+            ClientReadPipe {
+                write,
+                queue: VecDeque::from(vec![0x5a; 1 << 20]),
+                hang_up: true,
+            },
+        );
+        // As the client loop does: write only when poll says the pipe is writable. Far more
+        // rounds than the pipe holds; each write takes what fits and returns.
+        for _ in 0..64 {
+            let fd = session.read_pipes[&7].write.as_fd();
+            let mut pfd = [PollFd::new(&fd, PollFlags::OUT)];
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            if rustix::event::poll(&mut pfd, Some(&zero)).unwrap() == 0 {
+                break;
+            }
+            write_read_pipe(&mut session, 7);
+        }
+        let left = session.read_pipes[&7].queue.len();
+        assert!(left < 1 << 20 && left > 0, "{left} bytes left");
+    }
 }
