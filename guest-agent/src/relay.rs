@@ -1547,10 +1547,29 @@ fn add_plane_message(
     Ok(())
 }
 
+/// Globals never advertised to guest clients although the tables know them: their requests
+/// carry fds the agent cannot turn into anything the host could use (sync files and DRM
+/// syncobjs of the guest's kernel, a listening socket, gamma and keymap memfds sent as
+/// requests). Advertised, a client that used them (Mesa's WSI takes explicit sync as soon as it
+/// is offered) would be disconnected at its first such request; hidden, it falls back.
+/// `wp_color_manager_v1` stays: only its `set_icc_file` carries an fd, and parametric image
+/// descriptions work.
+pub const UNRELAYABLE_GLOBALS: [&str; 5] = [
+    "wp_linux_drm_syncobj_manager_v1",
+    "zwp_linux_explicit_synchronization_v1",
+    "wp_security_context_manager_v1",
+    "zwlr_gamma_control_manager_v1",
+    "zwp_virtual_keyboard_manager_v1",
+];
+
 /// The version a host global is advertised with to guest clients: `None` for interfaces the
-/// tables do not know (never advertised), else at most the tables' version.
+/// tables do not know and for [`UNRELAYABLE_GLOBALS`] (never advertised), else at most the
+/// tables' version.
 pub fn cap_global(interface: &CStr, version: u32) -> Option<u32> {
     let name = interface.to_str().ok()?;
+    if UNRELAYABLE_GLOBALS.contains(&name) {
+        return None;
+    }
     let known = ProtocolTable::builtin().get(name)?;
     Some(version.min(known.version))
 }
@@ -2238,5 +2257,45 @@ mod tests {
         s.client_input(&msg(7, 0, &[]), vec![]).unwrap();
         assert_eq!(s.channel().device().closed, vec![1]);
         drop(s);
+    }
+
+    #[test]
+    fn cap_global_hides_globals_whose_fds_cannot_be_relayed() {
+        for name in UNRELAYABLE_GLOBALS {
+            let c = std::ffi::CString::new(name).unwrap();
+            assert!(ProtocolTable::builtin().get(name).is_some(), "{name}");
+            assert_eq!(cap_global(&c, 1), None, "{name}");
+        }
+        // Every request with an fd in the tables is relayed (pools, dmabuf planes, pipes for
+        // `receive`), reached only through a hidden global, or the one accepted exception.
+        let mut hidden = std::collections::HashSet::new();
+        let mut stack: Vec<_> = UNRELAYABLE_GLOBALS
+            .iter()
+            .map(|n| ProtocolTable::builtin().get(n).unwrap())
+            .collect();
+        while let Some(i) = stack.pop() {
+            if hidden.insert(i.name) {
+                for d in i.requests.iter().chain(i.events) {
+                    stack.extend(d.child_interface);
+                }
+            }
+        }
+        let mut left = vec![];
+        for i in ProtocolTable::builtin().interfaces() {
+            for r in i.requests {
+                let fd = r
+                    .signature
+                    .iter()
+                    .any(|a| matches!(a, crossway_protocols::tables::ArgumentType::Fd));
+                let relayed = matches!(
+                    (i.name, r.name),
+                    ("wl_shm", "create_pool") | ("zwp_linux_buffer_params_v1", "add")
+                ) || r.name == "receive";
+                if fd && !relayed && !hidden.contains(i.name) {
+                    left.push(format!("{}.{}", i.name, r.name));
+                }
+            }
+        }
+        assert_eq!(left, ["wp_image_description_creator_icc_v1.set_icc_file"]);
     }
 }
