@@ -375,6 +375,7 @@ fuzz_target!(|data: &[u8]| {
         limits.max_pending_bytes = 64;
         limits.max_client_queue = 256;
         limits.max_pipe_queue = 64;
+        limits.max_item_bytes = 48;
     }
     let session_config = SessionConfig {
         limits,

@@ -86,6 +86,9 @@ pub struct SessionLimits {
     pub max_client_queue: usize,
     /// Bytes queued towards one read pipe before its reader is dropped.
     pub max_pipe_queue: usize,
+    /// Largest host blob item turned into a guest memfd (keymaps, format tables): each is
+    /// read into memory whole.
+    pub max_item_bytes: u32,
 }
 
 impl Default for SessionLimits {
@@ -100,6 +103,7 @@ impl Default for SessionLimits {
             max_pending_bytes: wire::MAX_MESSAGE_SIZE,
             max_client_queue: 8 << 20,
             max_pipe_queue: 4 << 20,
+            max_item_bytes: 16 << 20,
         }
     }
 }
@@ -1423,8 +1427,16 @@ impl<D: VirtGpu> Session<D> {
         if item.kind != HostItemKind::Blob {
             return Err(host_err("expected a blob item"));
         }
+        let max = self.config.limits.max_item_bytes;
+        if item.size > max {
+            return Err(host_err(format!(
+                "item {} of {} bytes is over the limit {max}",
+                item.id, item.size
+            )));
+        }
+        let len = usize::try_from(item.size).map_err(|_| host_err("item size"))?;
         let blob = self.ch.blob_from_item(item)?;
-        let mut bytes = vec![0u8; item.size as usize];
+        let mut bytes = vec![0u8; len];
         let r = blob.mapping.read_at(0, &mut bytes);
         self.ch.close_blob(blob)?;
         r.map_err(|e| host_err(format!("reading item {}: {e}", item.id)))?;
@@ -2297,5 +2309,38 @@ mod tests {
             }
         }
         assert_eq!(left, ["wp_image_description_creator_icc_v1.set_icc_file"]);
+    }
+
+    #[test]
+    fn host_items_over_the_size_limit_are_refused_before_mapping() {
+        let mut s = Session::new(
+            open(),
+            Arc::new(SessionConfig {
+                limits: SessionLimits {
+                    max_item_bytes: 4096,
+                    ..SessionLimits::default()
+                },
+                guest_dev: None,
+            }),
+            Arc::new(AgentStats::default()),
+        );
+        let blobs = s.channel().device().blobs.len();
+        let item = HostItem {
+            id: 3,
+            kind: HostItemKind::Blob,
+            size: 4097,
+        };
+        let e = s.item_fd(&item).unwrap_err();
+        assert!(
+            matches!(&e, SessionError::Host(m) if m.contains("over the limit")),
+            "{e}"
+        );
+        assert_eq!(
+            s.channel().device().blobs.len(),
+            blobs,
+            "no blob was created"
+        );
+        let fd = s.item_fd(&HostItem { size: 4096, ..item }).unwrap();
+        assert_eq!(rustix::fs::fstat(&fd).unwrap().st_size, 4096);
     }
 }
