@@ -465,12 +465,7 @@ impl<D: VirtGpu> Session<D> {
             .map_err(|e| client_err(sender, code::INVALID_OBJECT, e.to_string()))?;
         AgentStats::add(&self.stats.messages_to_host, 1);
         AgentStats::add(&self.stats.bytes_to_host, raw.len() as u64);
-        let mut fds: Vec<OwnedFd> = Vec::new();
-        for _ in 0..p.args.fd_count() {
-            if let Some(fd) = self.client_fds.pop_front() {
-                fds.push(fd);
-            }
-        }
+        let mut fds = take_front(&mut self.client_fds, p.args.fd_count());
         let iface = p.interface.name;
         let name = p.desc.name;
         let args = p.args.as_slice();
@@ -1280,12 +1275,7 @@ impl<D: VirtGpu> Session<D> {
             .map
             .process_event(ProtocolTable::builtin(), msg, self.host_items.len())
             .map_err(|e| host_err(e.to_string()))?;
-        let mut items = Vec::new();
-        for _ in 0..p.args.fd_count() {
-            if let Some(i) = self.host_items.pop_front() {
-                items.push(i);
-            }
-        }
+        let mut items = take_front(&mut self.host_items, p.args.fd_count());
         let iface = p.interface.name;
         let name = p.desc.name;
         let args = p.args.as_slice();
@@ -1531,6 +1521,11 @@ fn reassemble(
     };
     pending.drain(..pos.min(pending.len()));
     result
+}
+
+/// The first `n` of `queue` (the object map checked that a message's fds have arrived).
+fn take_front<T>(queue: &mut VecDeque<T>, n: usize) -> Vec<T> {
+    queue.drain(..n.min(queue.len())).collect()
 }
 
 fn add_plane_message(
