@@ -928,6 +928,8 @@ pub(crate) mod tests {
         pub(crate) prime_handle: Option<u32>,
         /// Handles given to GEM_CLOSE, in order.
         pub(crate) closed: Vec<u32>,
+        /// For each GEM_CLOSE, how many execbuffers came before it.
+        pub(crate) closed_after: Vec<usize>,
         events: OwnedFd,
         host_events: std::io::PipeWriter,
     }
@@ -948,6 +950,7 @@ pub(crate) mod tests {
                 image_reply,
                 prime_handle: None,
                 closed: vec![],
+                closed_after: vec![],
                 events: r.into(),
                 host_events: w,
             }
@@ -1041,6 +1044,7 @@ pub(crate) mod tests {
         }
         fn gem_close(&mut self, h: u32) -> Result<(), VirtGpuError> {
             self.closed.push(h);
+            self.closed_after.push(self.execs.len());
             Ok(())
         }
         fn event_fd(&self) -> BorrowedFd<'_> {

@@ -296,6 +296,13 @@ struct FeedbackState {
     map: Vec<Option<u16>>,
 }
 
+/// Blobs and imported GEM handles no object uses any more, closed by
+/// [`Session::release_deferred`].
+struct Deferred<M> {
+    blobs: Vec<Blob<M>>,
+    handles: Vec<u32>,
+}
+
 /// One message being gathered for a SEND, with the identifiers of its fds.
 struct Outbound {
     bytes: Vec<u8>,
@@ -333,6 +340,8 @@ pub struct Session<D: VirtGpu> {
     params_imported: HashMap<u32, Vec<u32>>,
     feedback: HashMap<u32, FeedbackState>,
     outbound: Vec<Outbound>,
+    /// Let go of, closed once the SENDs queued so far are out.
+    release: Deferred<D::Mapping>,
     /// Pipes the host writes into.
     pub read_pipes: HashMap<u32, ClientReadPipe>,
     /// Pipes the client writes into, for the server to poll.
@@ -392,6 +401,10 @@ impl<D: VirtGpu> Session<D> {
             params_imported: HashMap::new(),
             feedback: HashMap::new(),
             outbound: Vec::new(),
+            release: Deferred {
+                blobs: Vec::new(),
+                handles: Vec::new(),
+            },
             read_pipes: HashMap::new(),
             write_pipes: Vec::new(),
             to_client: ToClient::default(),
@@ -445,6 +458,7 @@ impl<D: VirtGpu> Session<D> {
         self.client_pending = pending;
         // Whatever was relayed before an error still goes out, in order.
         let flushed = self.flush_sends();
+        self.release_deferred();
         result?;
         flushed?;
         if self.client_pending.len() > self.config.limits.max_pending_bytes {
@@ -711,8 +725,8 @@ impl<D: VirtGpu> Session<D> {
                 continue;
             }
             self.import_refs.remove(&h);
-            if let Err(e) = self.ch.device().gem_close(h) {
-                tracing::warn!("closing imported dmabuf handle {h}: {e}");
+            if !self.release.handles.contains(&h) {
+                self.release.handles.push(h);
             }
         }
     }
@@ -786,9 +800,30 @@ impl<D: VirtGpu> Session<D> {
         b.refs = b.refs.saturating_sub(1);
         if b.refs == 0
             && let Some(b) = self.blobs.remove(&bo)
-            && let Err(e) = self.ch.close_blob(b.blob)
         {
-            tracing::warn!("closing blob {bo}: {e}");
+            self.release.blobs.push(b.blob);
+        }
+    }
+
+    /// Closes the blobs and imported handles let go of since the last call. Not before: a
+    /// SEND naming them may still be queued in `outbound` (a pool created and destroyed in one
+    /// read, a dmabuf buffer created and destroyed), and the host resolves the resource id
+    /// only when the SEND arrives.
+    fn release_deferred(&mut self) {
+        for blob in std::mem::take(&mut self.release.blobs) {
+            let bo = blob.bo_handle;
+            if let Err(e) = self.ch.close_blob(blob) {
+                tracing::warn!("closing blob {bo}: {e}");
+            }
+        }
+        for h in std::mem::take(&mut self.release.handles) {
+            // Imported again since (PRIME gave the same handle back): still in use.
+            if self.import_refs.contains_key(&h) {
+                continue;
+            }
+            if let Err(e) = self.ch.device().gem_close(h) {
+                tracing::warn!("closing imported dmabuf handle {h}: {e}");
+            }
         }
     }
 
@@ -1255,6 +1290,7 @@ impl<D: VirtGpu> Session<D> {
             |e| host_err(format!("framing: {e}")),
         );
         self.host_pending = pending;
+        self.release_deferred();
         result?;
         if self.host_pending.len() > self.config.limits.max_pending_bytes {
             return Err(host_err("partial event over the size limit"));
@@ -1480,8 +1516,17 @@ impl<D: VirtGpu> Session<D> {
 
 impl<D: VirtGpu> Drop for Session<D> {
     fn drop(&mut self) {
-        for (_, b) in self.blobs.drain() {
-            let _ = self.ch.close_blob(b.blob);
+        let blobs = self.blobs.drain().map(|(_, b)| b.blob);
+        for blob in blobs
+            .chain(self.release.blobs.drain(..))
+            .collect::<Vec<_>>()
+        {
+            let _ = self.ch.close_blob(blob);
+        }
+        for h in std::mem::take(&mut self.release.handles) {
+            if !self.import_refs.contains_key(&h) {
+                let _ = self.ch.device().gem_close(h);
+            }
         }
         // Each imported handle once, however many buffers shared it.
         for (h, _) in self.import_refs.drain() {
@@ -2337,5 +2382,32 @@ mod tests {
         );
         let fd = s.item_fd(&HostItem { size: 4096, ..item }).unwrap();
         assert_eq!(rustix::fs::fstat(&fd).unwrap().st_size, 4096);
+    }
+
+    #[test]
+    fn a_pool_destroyed_in_the_read_that_created_it_is_closed_after_its_send() {
+        let mut s = session();
+        let mut stream = binds(&[(c"wl_shm", 1, 3)]);
+        stream.extend(msg(3, 0, &[new_id(4), Arg::Fd, Arg::Int(4096)]));
+        stream.extend(msg(4, 1, &[]));
+        s.client_input(&stream, vec![memfd(4096)]).unwrap();
+        let (ids, _) = sends(&mut s).pop().unwrap();
+        let res = ids[0].0;
+        let d = s.channel().device();
+        let send_at = d
+            .execs
+            .iter()
+            .position(|(.., cmd)| matches!(decode_command(cmd), Ok((Command::Send { .. }, _))))
+            .unwrap();
+        // The mock's GEM handles are its resource ids.
+        let at = d
+            .closed
+            .iter()
+            .position(|h| *h == res)
+            .expect("the blob is closed");
+        assert!(
+            d.closed_after[at] > send_at,
+            "closed before the SEND naming it"
+        );
     }
 }
