@@ -376,6 +376,7 @@ fuzz_target!(|data: &[u8]| {
         limits.max_client_queue = 256;
         limits.max_pipe_queue = 64;
         limits.max_item_bytes = 48;
+        limits.max_blob_bytes = 65536;
     }
     let session_config = SessionConfig {
         limits,

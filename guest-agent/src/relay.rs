@@ -70,6 +70,9 @@ pub struct SessionLimits {
     pub max_pool_bytes: u64,
     /// Largest pool backed by a guest blob; larger ones use a HOST3D blob.
     pub max_guest_blob_pool: u64,
+    /// Bytes of all the client's blobs together (pools and copied dmabufs): a client can
+    /// reserve large sparse memfds for nothing, while each blob takes guest or host memory.
+    pub max_blob_bytes: u64,
     /// Most live `wl_shm` pools plus copied dmabufs (blobs; a destroyed pool counts while
     /// buffers made from it live).
     pub max_pools: usize,
@@ -96,6 +99,8 @@ impl Default for SessionLimits {
         SessionLimits {
             max_pool_bytes: 512 << 20,
             max_guest_blob_pool: 64 << 20,
+            // foot reserves a 512 MiB pool per scrollable buffer and keeps several.
+            max_blob_bytes: 8 << 30,
             max_pools: 1024,
             max_objects: 65_536,
             max_pending_fds: 256,
@@ -849,7 +854,7 @@ impl<D: VirtGpu> Session<D> {
                     format!("pool size {size} is not in 1..={max}"),
                 )
             })?;
-        self.check_pools(shm)?;
+        self.check_pools(shm, size)?;
         let file = File::from(fd);
         let actual = file
             .metadata()
@@ -882,8 +887,18 @@ impl<D: VirtGpu> Session<D> {
         Ok(res)
     }
 
-    /// Refuses one more blob-backed pool or copied dmabuf over [`SessionLimits::max_pools`].
-    fn check_pools(&self, object: u32) -> Result<(), SessionError> {
+    /// Refuses one more blob-backed pool or copied dmabuf of `bytes` over
+    /// [`SessionLimits::max_pools`] or [`SessionLimits::max_blob_bytes`].
+    fn check_pools(&self, object: u32, bytes: u64) -> Result<(), SessionError> {
+        let held: u64 = self.blobs.values().map(|b| b.blob.size).sum();
+        let max = self.config.limits.max_blob_bytes;
+        if held.checked_add(bytes).is_none_or(|total| total > max) {
+            return Err(client_err(
+                object,
+                code::NO_MEMORY,
+                format!("{bytes} more blob bytes over the limit {max} ({held} held)"),
+            ));
+        }
         // One blob each, kept while a buffer uses it (after `wl_shm_pool.destroy` too).
         if self.blobs.len() >= self.config.limits.max_pools {
             return Err(client_err(
@@ -1133,7 +1148,7 @@ impl<D: VirtGpu> Session<D> {
                 "only LINEAR dmabufs that are not virtio-gpu resources can be copied",
             ));
         }
-        self.check_pools(params)?;
+        self.check_pools(params, 0)?;
         let file = File::from(
             p.fd.try_clone()
                 .map_err(|e| client_err(params, code::NO_MEMORY, format!("dup: {e}")))?,
@@ -1157,6 +1172,7 @@ impl<D: VirtGpu> Session<D> {
             .as_ref()
             .is_some_and(|c| c.flags & CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND != 0);
         let (blob, blob_layout, offset, stride, modifier) = if guest_ok {
+            self.check_pools(params, source_size)?;
             let b = self
                 .ch
                 .create_guest_blob(source_size)
@@ -1171,6 +1187,7 @@ impl<D: VirtGpu> Session<D> {
                 .ch
                 .image_requirements(w, h, format, GBM_BO_USE_LINEAR)
                 .map_err(|e| client_err(params, code::NO_MEMORY, e.to_string()))?;
+            self.check_pools(params, req.size)?;
             let b = self
                 .ch
                 .blob_for_image(&req)
@@ -2409,5 +2426,42 @@ mod tests {
             d.closed_after[at] > send_at,
             "closed before the SEND naming it"
         );
+    }
+
+    #[test]
+    fn blob_bytes_of_a_client_are_bounded_before_a_blob_is_made() {
+        let mut s = Session::new(
+            open(),
+            Arc::new(SessionConfig {
+                limits: SessionLimits {
+                    max_blob_bytes: 3 * 4096,
+                    ..SessionLimits::default()
+                },
+                guest_dev: None,
+            }),
+            Arc::new(AgentStats::default()),
+        );
+        let mut stream = binds(&[(c"wl_shm", 1, 3)]);
+        stream.extend(msg(3, 0, &[new_id(4), Arg::Fd, Arg::Int(2 * 4096)]));
+        s.client_input(&stream, vec![memfd(2 * 4096)]).unwrap();
+        let made = s.channel().device().blobs.len();
+        let e = s
+            .client_input(
+                &msg(3, 0, &[new_id(5), Arg::Fd, Arg::Int(2 * 4096)]),
+                vec![memfd(2 * 4096)],
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                SessionError::Client {
+                    object: 3,
+                    code: code::NO_MEMORY,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(s.channel().device().blobs.len(), made);
     }
 }
