@@ -163,8 +163,15 @@ impl VirtGpu for Mock {
         }
         st.next_handle += 1;
         let h = st.next_handle;
-        st.live
-            .insert(h, (h, Mapping(Rc::new(RefCell::new(bytes))), req.size, req.blob_mem));
+        st.live.insert(
+            h,
+            (
+                h,
+                Mapping(Rc::new(RefCell::new(bytes))),
+                req.size,
+                req.blob_mem,
+            ),
+        );
         if st.ring_handles.len() < 2 {
             st.ring_handles.push(h);
         }
@@ -273,7 +280,10 @@ impl VirtGpu for Mock {
         let before = st.imports.len();
         st.imports.retain(|_, v| *v != h);
         // A second close of a handle could close whatever the kernel gave that number next.
-        assert!(st.imports.len() < before, "GEM_CLOSE of handle {h}, not open");
+        assert!(
+            st.imports.len() < before,
+            "GEM_CLOSE of handle {h}, not open"
+        );
         Ok(())
     }
 
@@ -294,8 +304,8 @@ fn client_fd(kind: u8, n: u8) -> OwnedFd {
         k => {
             let size = [4096u64, 16384, 65536, 1 << 20, 100, 0][usize::from(k - 2) % 6]
                 + u64::from(n % 2) * 4096;
-            let fd = rustix::fs::memfd_create("fuzz", rustix::fs::MemfdFlags::CLOEXEC)
-                .expect("memfd");
+            let fd =
+                rustix::fs::memfd_create("fuzz", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
             rustix::fs::ftruncate(&fd, size).expect("ftruncate");
             fd
         }
@@ -330,7 +340,10 @@ fn open_fds() -> usize {
 fn check_to_client(bytes: &[u8], fds: &[usize]) {
     let mut last = 0;
     for at in fds {
-        assert!(*at >= last && *at <= bytes.len(), "fd offset {at} out of order");
+        assert!(
+            *at >= last && *at <= bytes.len(),
+            "fd offset {at} out of order"
+        );
         last = *at;
     }
     let mut rest = bytes;
@@ -382,7 +395,11 @@ fuzz_target!(|data: &[u8]| {
         limits,
         guest_dev: (config & 64 != 0).then_some(0xe280),
     };
-    let mut s = Session::new(ch, Arc::new(session_config), Arc::new(AgentStats::default()));
+    let mut s = Session::new(
+        ch,
+        Arc::new(session_config),
+        Arc::new(AgentStats::default()),
+    );
     let mut n = 0u8;
     while let [flags, len, tail @ ..] = rest {
         let flags = *flags;
@@ -394,7 +411,9 @@ fuzz_target!(|data: &[u8]| {
         let kind = (flags >> 3) & 7;
         let result = match (flags & 1 != 0, flags & 64 != 0) {
             (false, false) => {
-                let fds = (0..count).map(|i| client_fd(kind, n.wrapping_add(i))).collect();
+                let fds = (0..count)
+                    .map(|i| client_fd(kind, n.wrapping_add(i)))
+                    .collect();
                 s.client_input(chunk, fds)
             }
             (true, false) => {
@@ -404,7 +423,9 @@ fuzz_target!(|data: &[u8]| {
                     None => (chunk, chunk),
                 };
                 state.borrow_mut().fill = fill.to_vec();
-                let items = (0..count).map(|i| host_item(kind, n.wrapping_add(i))).collect();
+                let items = (0..count)
+                    .map(|i| host_item(kind, n.wrapping_add(i)))
+                    .collect();
                 s.host_input(wayland, items)
             }
             (true, true) => {
@@ -442,7 +463,11 @@ fuzz_target!(|data: &[u8]| {
         left.remove(r);
     }
     assert!(left.is_empty(), "GEM handles left open: {left:?}");
-    assert!(st.imports.is_empty(), "imported handles left open: {:?}", st.imports);
+    assert!(
+        st.imports.is_empty(),
+        "imported handles left open: {:?}",
+        st.imports
+    );
     drop(st);
     drop(state);
     assert_eq!(open_fds(), fds_before, "fds left open after the session");
