@@ -923,6 +923,13 @@ pub(crate) mod tests {
         pub(crate) blobs: Vec<(drm_virtgpu_resource_create_blob, MockMapping)>,
         pub(crate) execs: Vec<Exec>,
         pub(crate) image_reply: CrossDomainImageRequirements,
+        /// What PRIME_FD_TO_HANDLE answers (a resource's handle, as for a virtio-gpu dmabuf),
+        /// or `None` for a dmabuf that is not one.
+        pub(crate) prime_handle: Option<u32>,
+        /// Handles given to GEM_CLOSE, in order.
+        pub(crate) closed: Vec<u32>,
+        /// For each GEM_CLOSE, how many execbuffers came before it.
+        pub(crate) closed_after: Vec<usize>,
         events: OwnedFd,
         host_events: std::io::PipeWriter,
     }
@@ -941,6 +948,9 @@ pub(crate) mod tests {
                 blobs: vec![],
                 execs: vec![],
                 image_reply,
+                prime_handle: None,
+                closed: vec![],
+                closed_after: vec![],
                 events: r.into(),
                 host_events: w,
             }
@@ -1029,9 +1039,12 @@ pub(crate) mod tests {
             Err(VirtGpuError::InvalidArgument("mock"))
         }
         fn prime_fd_to_handle(&mut self, _: BorrowedFd<'_>) -> Result<u32, VirtGpuError> {
-            Err(VirtGpuError::InvalidArgument("mock"))
+            self.prime_handle
+                .ok_or(VirtGpuError::InvalidArgument("mock"))
         }
-        fn gem_close(&mut self, _: u32) -> Result<(), VirtGpuError> {
+        fn gem_close(&mut self, h: u32) -> Result<(), VirtGpuError> {
+            self.closed.push(h);
+            self.closed_after.push(self.execs.len());
             Ok(())
         }
         fn event_fd(&self) -> BorrowedFd<'_> {

@@ -32,6 +32,10 @@ const MAX_FDS_OUT: usize = 28;
 const READ_CHUNK: usize = 16 * 1024;
 /// Bytes read from a clipboard pipe at once (one cross-domain WRITE).
 const PIPE_CHUNK: usize = 4072;
+/// Bytes a pipe takes without blocking once poll says it is writable (Linux `PIPE_BUF`).
+const PIPE_BUF: usize = 4096;
+/// How long a client being closed is given to read its last events and its error.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
 /// Opens one device file for one client: the device and the `dev_t` of its render node.
 pub type OpenDevice<D> = dyn Fn() -> Result<(D, Option<u64>)> + Send + Sync;
@@ -269,9 +273,7 @@ fn serve_client<D: VirtGpu>(stream: &UnixStream, shared: &Shared<D>) -> Result<(
             LoopEnd::ClientGone | LoopEnd::Io(_) => {}
         }
         // Best effort: the error reaches a client that still reads.
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = flush_client(stream, &mut session);
+        flush_client_until(stream, &mut session, FINAL_FLUSH);
     }
     match result {
         Ok(()) | Err(LoopEnd::ClientGone) => Ok(()),
@@ -414,18 +416,22 @@ fn host_messages<D: VirtGpu>(session: &mut Session<D>) -> Result<(), LoopEnd> {
     }
 }
 
+/// Writes what is queued for a read pipe the poll found writable. The fd is the client's and
+/// usually blocking (its file status is shared with the client, so the agent leaves it so):
+/// one write of at most `PIPE_BUF` bytes, which POLLOUT guarantees room for, and back to the
+/// poll. A client that never reads its end then stalls only its transfer, never the thread.
 fn write_read_pipe<D: VirtGpu>(session: &mut Session<D>, id: u32) {
     let Some(p) = session.read_pipes.get_mut(&id) else {
         return;
     };
-    while !p.queue.is_empty() {
+    if !p.queue.is_empty() {
         let (a, _) = p.queue.as_slices();
+        let a = &a[..a.len().min(PIPE_BUF)];
         match rustix::io::write(&p.write, a) {
             Ok(n) => {
                 p.queue.drain(..n);
             }
-            Err(rustix::io::Errno::INTR) => {}
-            Err(rustix::io::Errno::AGAIN) => return,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
             Err(_) => {
                 // The reader went away: nothing more to deliver.
                 session.read_pipes.remove(&id);
@@ -433,7 +439,7 @@ fn write_read_pipe<D: VirtGpu>(session: &mut Session<D>, id: u32) {
             }
         }
     }
-    if p.hang_up {
+    if p.hang_up && p.queue.is_empty() {
         session.read_pipes.remove(&id);
     }
 }
@@ -519,10 +525,124 @@ fn flush_client<D: VirtGpu>(stream: &UnixStream, session: &mut Session<D>) -> Re
     Ok(())
 }
 
+/// Flushes what is queued for the client, waiting for room in its socket up to `timeout` in
+/// all (the writes themselves never block): the last events and the error of a client being
+/// closed reach it if it reads in time.
+fn flush_client_until<D: VirtGpu>(
+    stream: &UnixStream,
+    session: &mut Session<D>,
+    timeout: Duration,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if flush_client(stream, session).is_err() || session.to_client.bytes.is_empty() {
+            return;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let ts = rustix::event::Timespec {
+            tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
+            tv_nsec: left.subsec_nanos().into(),
+        };
+        let mut pfd = [PollFd::new(stream, PollFlags::OUT)];
+        match rustix::event::poll(&mut pfd, Some(&ts)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// Writes `stats` to `path` atomically (a temporary file renamed over it).
 pub fn write_stats(path: &Path, stats: &AgentStats) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     std::fs::write(&tmp, stats.to_json())?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::channel::tests::open;
+    use crate::relay::{ClientReadPipe, SessionConfig, SessionLimits};
+
+    #[test]
+    fn write_read_pipe_never_blocks_on_a_client_that_does_not_read() {
+        let mut session = Session::new(
+            open(),
+            Arc::new(SessionConfig {
+                limits: SessionLimits::default(),
+                guest_dev: None,
+            }),
+            Arc::new(AgentStats::default()),
+        );
+        // A blocking pipe, as clients create them; nobody reads `_read`.
+        let (_read, write) = rustix::pipe::pipe().unwrap();
+        session.read_pipes.insert(
+            7,
+            ClientReadPipe {
+                write,
+                queue: VecDeque::from(vec![0x5a; 1 << 20]),
+                hang_up: true,
+            },
+        );
+        // As the client loop does: write only when poll says the pipe is writable. Far more
+        // rounds than the pipe holds; each write takes what fits and returns.
+        for _ in 0..64 {
+            let fd = session.read_pipes[&7].write.as_fd();
+            let mut pfd = [PollFd::new(&fd, PollFlags::OUT)];
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            if rustix::event::poll(&mut pfd, Some(&zero)).unwrap() == 0 {
+                break;
+            }
+            write_read_pipe(&mut session, 7);
+        }
+        let left = session.read_pipes[&7].queue.len();
+        assert!(left < 1 << 20 && left > 0, "{left} bytes left");
+    }
+
+    #[test]
+    fn a_closing_client_gets_its_error_after_a_full_socket_drains() {
+        let (agent, client) = UnixStream::pair().unwrap();
+        agent.set_nonblocking(true).unwrap();
+        let mut session = Session::new(
+            open(),
+            Arc::new(SessionConfig {
+                limits: SessionLimits::default(),
+                guest_dev: None,
+            }),
+            Arc::new(AgentStats::default()),
+        );
+        // Fill the socket, then queue more events and the error behind them.
+        let filler = vec![0u8; 4096];
+        while rustix::io::write(&agent, &filler).is_ok() {}
+        session.to_client.bytes.extend_from_slice(&[0u8; 8192]);
+        session.send_error(1, 3, "closing");
+        let queued = session.to_client.bytes.len();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut all = Vec::new();
+            std::io::Read::read_to_end(&mut &client, &mut all).unwrap();
+            all
+        });
+        flush_client_until(&agent, &mut session, Duration::from_secs(5));
+        assert!(session.to_client.bytes.is_empty());
+        drop(session);
+        drop(agent);
+        let all = reader.join().unwrap();
+        assert!(all.len() >= queued);
+        assert!(
+            all.ends_with(b"closing\0"),
+            "the error is the last thing written"
+        );
+    }
 }
