@@ -478,7 +478,7 @@ impl<D: VirtGpu> Channel<D> {
     }
 
     /// The fd to poll for host messages (readable when [`Channel::next_message`] will not
-    /// block on the device).
+    /// block on the device, once [`Channel::arm`] submitted the POLL).
     pub fn event_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.dev.event_fd()
     }
@@ -653,10 +653,20 @@ impl<D: VirtGpu> Channel<D> {
         };
         if msg == ChannelMessage::Eof {
             self.closed = true;
-        } else {
+        }
+        // The next POLL goes out with the next call or [`Channel::arm`]: a relay delivers this
+        // message first, and pays for the POLL's submission after.
+        Ok(Some(msg))
+    }
+
+    /// Submits the POLL for the host's next message if none is outstanding: the event fd
+    /// ([`Channel::event_fd`]) becomes readable only for an outstanding POLL, so call this
+    /// before waiting on it.
+    pub fn arm(&mut self) -> Result<(), ChannelError> {
+        if !self.closed && !self.poll_outstanding {
             self.poll()?;
         }
-        Ok(Some(msg))
+        Ok(())
     }
 
     /// Waits for one fence event; false on timeout.
@@ -1193,6 +1203,10 @@ pub(crate) mod tests {
                 ]
             })
         );
+        // The next POLL waits for `arm` (or the next call), then goes out once.
+        assert_eq!(ch.device().execs.len(), 2, "no POLL before the caller asks");
+        ch.arm().unwrap();
+        ch.arm().unwrap();
         let (flags, ring, _, cmd) = ch.device().execs.last().unwrap().clone();
         assert_eq!((flags, ring, cmd[0]), (VIRTGPU_EXECBUF_RING_IDX, 1, 3));
         assert_eq!(ch.device().execs.len(), 3, "exactly one new POLL");

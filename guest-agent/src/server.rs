@@ -319,6 +319,8 @@ fn client_loop<D: VirtGpu>(stream: &UnixStream, session: &mut Session<D>) -> Res
         if session.closing {
             return Err(LoopEnd::ClientGone);
         }
+        // After the flush: what the host sent last is already on its way to the client.
+        session.channel().arm().map_err(SessionError::from)?;
         let mut slots = Vec::with_capacity(4);
         let mut raw: Vec<(RawFd, PollFlags)> = Vec::with_capacity(4);
         let client_flags = if session.to_client.bytes.is_empty() {
@@ -398,22 +400,22 @@ fn client_loop<D: VirtGpu>(stream: &UnixStream, session: &mut Session<D>) -> Res
 }
 
 fn host_messages<D: VirtGpu>(session: &mut Session<D>) -> Result<(), LoopEnd> {
-    loop {
-        let m = session
-            .channel()
-            .next_message_timeout(Duration::ZERO)
-            .map_err(SessionError::from)?;
-        match m {
-            None => return Ok(()),
-            Some(ChannelMessage::Receive { data, items }) => session.host_input(&data, items)?,
-            Some(ChannelMessage::Read {
-                pipe,
-                data,
-                hang_up,
-            }) => session.host_read(pipe, &data, hang_up),
-            Some(ChannelMessage::Eof) => return Err(LoopEnd::HostClosed),
-        }
+    // One message per fence: the loop flushes it to the client before it re-arms the POLL.
+    let m = session
+        .channel()
+        .next_message_timeout(Duration::ZERO)
+        .map_err(SessionError::from)?;
+    match m {
+        None => {}
+        Some(ChannelMessage::Receive { data, items }) => session.host_input(&data, items)?,
+        Some(ChannelMessage::Read {
+            pipe,
+            data,
+            hang_up,
+        }) => session.host_read(pipe, &data, hang_up),
+        Some(ChannelMessage::Eof) => return Err(LoopEnd::HostClosed),
     }
+    Ok(())
 }
 
 /// Writes what is queued for a read pipe the poll found writable. The fd is the client's and
