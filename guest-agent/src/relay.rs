@@ -308,12 +308,45 @@ struct Deferred<M> {
     handles: Vec<u32>,
 }
 
-/// One message being gathered for a SEND, with the identifiers of its fds.
-struct Outbound {
+/// Messages relayed towards the host and not sent yet, written once: their bytes one after
+/// another, the identifiers of their fds in order, and where each message ends in both. A
+/// SEND is a slice of each.
+#[derive(Default)]
+struct SendQueue {
     bytes: Vec<u8>,
     ids: Vec<SendId>,
-    /// Fds waiting for a read-pipe id from the SEND (in `ids` order, only pipes).
-    pipes: Vec<OwnedFd>,
+    /// (end in `bytes`, end in `ids`) of each message.
+    ends: Vec<(usize, usize)>,
+    /// Fds waiting for a read-pipe id from their SEND, in `ids` order.
+    pipes: VecDeque<OwnedFd>,
+}
+
+impl SendQueue {
+    /// Where the next message starts.
+    fn mark(&self) -> (usize, usize, usize) {
+        (self.bytes.len(), self.ids.len(), self.pipes.len())
+    }
+
+    /// Closes the message begun at `mark`, if it wrote anything.
+    fn end_message(&mut self, mark: (usize, usize, usize)) {
+        if self.bytes.len() > mark.0 {
+            self.ends.push((self.bytes.len(), self.ids.len()));
+        }
+    }
+
+    /// Forgets a message begun at `mark` that failed half-way.
+    fn rollback(&mut self, (bytes, ids, pipes): (usize, usize, usize)) {
+        self.bytes.truncate(bytes);
+        self.ids.truncate(ids);
+        self.pipes.truncate(pipes);
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ids.clear();
+        self.ends.clear();
+        self.pipes.clear();
+    }
 }
 
 /// The relay state of one guest client and its channel.
@@ -344,7 +377,7 @@ pub struct Session<D: VirtGpu> {
     params_waiting: HashMap<u32, Option<CopiedBuffer>>,
     params_imported: HashMap<u32, Vec<u32>>,
     feedback: HashMap<u32, FeedbackState>,
-    outbound: Vec<Outbound>,
+    sendq: SendQueue,
     /// Let go of, closed once the SENDs queued so far are out.
     release: Deferred<D::Mapping>,
     /// Pipes the host writes into.
@@ -405,7 +438,7 @@ impl<D: VirtGpu> Session<D> {
             params_waiting: HashMap::new(),
             params_imported: HashMap::new(),
             feedback: HashMap::new(),
-            outbound: Vec::new(),
+            sendq: SendQueue::default(),
             release: Deferred {
                 blobs: Vec::new(),
                 handles: Vec::new(),
@@ -476,7 +509,18 @@ impl<D: VirtGpu> Session<D> {
         Ok(())
     }
 
+    /// Relays one request into the send queue, all of it or (on error) none of it.
     fn client_message(&mut self, raw: &[u8], msg: &Message<'_>) -> Result<(), SessionError> {
+        let mark = self.sendq.mark();
+        let r = self.relay_request(raw, msg);
+        match &r {
+            Ok(()) => self.sendq.end_message(mark),
+            Err(_) => self.sendq.rollback(mark),
+        }
+        r
+    }
+
+    fn relay_request(&mut self, raw: &[u8], msg: &Message<'_>) -> Result<(), SessionError> {
         let sender = id(msg.header.object);
         let p = self
             .map
@@ -488,11 +532,6 @@ impl<D: VirtGpu> Session<D> {
         let iface = p.interface.name;
         let name = p.desc.name;
         let args = p.args.as_slice();
-        let mut out = Outbound {
-            bytes: Vec::new(),
-            ids: Vec::new(),
-            pipes: Vec::new(),
-        };
         let mut forward = true;
         match (iface, name) {
             ("wl_shm", "create_pool") => {
@@ -501,7 +540,7 @@ impl<D: VirtGpu> Session<D> {
                 };
                 let fd = fds.pop().ok_or_else(|| shape(sender, iface, name))?;
                 let res = self.create_pool(sender, id(*pool), fd, *size)?;
-                out.ids.push(SendId::Blob(res));
+                self.sendq.ids.push(SendId::Blob(res));
             }
             ("wl_shm_pool", "create_buffer") => {
                 let [
@@ -675,7 +714,7 @@ impl<D: VirtGpu> Session<D> {
                 let [Arg::Int(w), Arg::Int(h), Arg::Uint(format), Arg::Uint(_)] = rest else {
                     return Err(shape(sender, iface, name));
                 };
-                self.create_dmabuf(sender, buffer, (*w, *h), *format, &mut out)?;
+                self.create_dmabuf(sender, buffer, (*w, *h), *format)?;
             }
             ("zwp_linux_buffer_params_v1", "destroy") => {
                 self.take_params(sender);
@@ -693,16 +732,13 @@ impl<D: VirtGpu> Session<D> {
                             format!("{iface}.{name}: only pipes can be passed here"),
                         ));
                     }
-                    out.ids.push(SendId::ReadPipe);
-                    out.pipes.push(fd);
+                    self.sendq.ids.push(SendId::ReadPipe);
+                    self.sendq.pipes.push_back(fd);
                 }
             }
         }
         if forward {
-            out.bytes.extend_from_slice(raw);
-        }
-        if !out.bytes.is_empty() {
-            self.outbound.push(out);
+            self.sendq.bytes.extend_from_slice(raw);
         }
         Ok(())
     }
@@ -811,7 +847,7 @@ impl<D: VirtGpu> Session<D> {
     }
 
     /// Closes the blobs and imported handles let go of since the last call. Not before: a
-    /// SEND naming them may still be queued in `outbound` (a pool created and destroyed in one
+    /// SEND naming them may still be queued in `sendq` (a pool created and destroyed in one
     /// read, a dmabuf buffer created and destroyed), and the host resolves the resource id
     /// only when the SEND arrives.
     fn release_deferred(&mut self) {
@@ -1084,7 +1120,6 @@ impl<D: VirtGpu> Session<D> {
         buffer: Option<u32>,
         (width, height): (i32, i32),
         format: u32,
-        out: &mut Outbound,
     ) -> Result<(), SessionError> {
         let planes = self.take_params(params);
         if planes.is_empty() {
@@ -1109,8 +1144,15 @@ impl<D: VirtGpu> Session<D> {
         }
         if resources.len() == planes.len() {
             for (p, res) in planes.iter().zip(&resources) {
-                add_plane_message(&mut out.bytes, params, p, p.offset, p.stride, p.modifier)?;
-                out.ids.push(SendId::Blob(*res));
+                add_plane_message(
+                    &mut self.sendq.bytes,
+                    params,
+                    p,
+                    p.offset,
+                    p.stride,
+                    p.modifier,
+                )?;
+                self.sendq.ids.push(SendId::Blob(*res));
             }
             AgentStats::add(&self.stats.dmabufs_forwarded, 1);
             match buffer {
@@ -1202,8 +1244,8 @@ impl<D: VirtGpu> Session<D> {
             (b, Some(l), req.offsets[0], req.strides[0], req.modifier)
         };
         let (bo, res) = self.add_blob(blob);
-        add_plane_message(&mut out.bytes, params, p, offset, stride, modifier)?;
-        out.ids.push(SendId::Blob(res));
+        add_plane_message(&mut self.sendq.bytes, params, p, offset, stride, modifier)?;
+        self.sendq.ids.push(SendId::Blob(res));
         AgentStats::add(&self.stats.dmabufs_copied, 1);
         let copied = CopiedBuffer {
             file: Rc::new(file),
@@ -1223,61 +1265,63 @@ impl<D: VirtGpu> Session<D> {
         Ok(())
     }
 
-    /// Sends what [`Session::client_message`] gathered, in SENDs of at most 3744 bytes, 28
-    /// identifiers and one read pipe; a message's identifiers go with its first bytes.
+    /// Sends what [`Session::client_message`] queued, in SENDs of at most 3744 bytes, 28
+    /// identifiers and one read pipe, each a slice of the queue; a message's identifiers go
+    /// with its first bytes, and a message longer than a SEND is split.
     fn flush_sends(&mut self) -> Result<(), SessionError> {
-        let mut data: Vec<u8> = Vec::new();
-        let mut ids: Vec<SendId> = Vec::new();
-        let mut pipes: Vec<OwnedFd> = Vec::new();
-        let outbound = std::mem::take(&mut self.outbound);
-        for m in outbound {
-            let m_pipes = m.ids.iter().filter(|i| **i == SendId::ReadPipe).count();
-            let pipes_now = ids.iter().filter(|i| **i == SendId::ReadPipe).count();
-            if data.len() + m.bytes.len() > CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA
-                || ids.len() + m.ids.len() > CROSS_DOMAIN_MAX_IDENTIFIERS
-                || pipes_now + m_pipes > 1
-            {
-                self.send_chunk(&data, &ids, &mut pipes)?;
-                data.clear();
-                ids.clear();
-            }
-            if m.bytes.len() > CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA {
-                // One long message: its identifiers ride with the first part.
-                let mut parts = m.bytes.chunks(CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA);
-                let mut mp = m.pipes;
-                if let Some(first) = parts.next() {
-                    self.send_chunk(first, &m.ids, &mut mp)?;
-                }
-                for part in parts {
-                    self.send_chunk(part, &[], &mut Vec::new())?;
-                }
-                continue;
-            }
-            data.extend_from_slice(&m.bytes);
-            ids.extend_from_slice(&m.ids);
-            pipes.extend(m.pipes);
-        }
-        if !data.is_empty() {
-            self.send_chunk(&data, &ids, &mut pipes)?;
-        }
-        Ok(())
+        let mut q = std::mem::take(&mut self.sendq);
+        let r = self.send_queue(&mut q);
+        q.clear();
+        self.sendq = q;
+        r
     }
 
+    fn send_queue(&mut self, q: &mut SendQueue) -> Result<(), SessionError> {
+        let is_pipe = |i: &SendId| *i == SendId::ReadPipe;
+        // The chunk gathered so far: q.bytes[b0..b1], q.ids[i0..i1].
+        let (mut b0, mut i0) = (0, 0);
+        let (mut b1, mut i1) = (0, 0);
+        for &(b_end, i_end) in &q.ends {
+            let len = b_end - b1;
+            let pipes = q.ids[i0..i_end].iter().filter(|i| is_pipe(i)).count();
+            if b_end - b0 > CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA
+                || i_end - i0 > CROSS_DOMAIN_MAX_IDENTIFIERS
+                || pipes > 1
+            {
+                self.send_chunk(&q.bytes[b0..b1], &q.ids[i0..i1], &mut q.pipes)?;
+                (b0, i0) = (b1, i1);
+            }
+            if len > CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA {
+                // One long message: its identifiers ride with the first part.
+                let mut parts = q.bytes[b1..b_end].chunks(CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA);
+                if let Some(first) = parts.next() {
+                    self.send_chunk(first, &q.ids[i1..i_end], &mut q.pipes)?;
+                }
+                for part in parts {
+                    self.send_chunk(part, &[], &mut q.pipes)?;
+                }
+                (b0, i0) = (b_end, i_end);
+            }
+            (b1, i1) = (b_end, i_end);
+        }
+        self.send_chunk(&q.bytes[b0..b1], &q.ids[i0..i1], &mut q.pipes)
+    }
+
+    /// One SEND; the read pipes it names take the first fds of `pipes`.
     fn send_chunk(
         &mut self,
         data: &[u8],
         ids: &[SendId],
-        pipes: &mut Vec<OwnedFd>,
+        pipes: &mut VecDeque<OwnedFd>,
     ) -> Result<(), SessionError> {
         if data.is_empty() && ids.is_empty() {
             return Ok(());
         }
         let sent = self.ch.send(data, ids)?;
         AgentStats::add(&self.stats.sends, 1);
-        let mut pipes = pipes.drain(..);
         for (want, got) in ids.iter().zip(&sent) {
             if *want == SendId::ReadPipe
-                && let Some(fd) = pipes.next()
+                && let Some(fd) = pipes.pop_front()
             {
                 self.read_pipes.insert(
                     got.id,
@@ -1849,6 +1893,17 @@ mod tests {
             joined.extend_from_slice(data);
         }
         assert_eq!(joined, stream);
+    }
+
+    #[test]
+    fn a_request_that_fails_sends_nothing_of_itself() {
+        let mut s = session();
+        let sync = msg(1, 0, &[Arg::NewId(ObjectId::new(2).unwrap())]);
+        let mut stream = sync.clone();
+        stream.extend(msg(7, 0, &[])); // no object 7
+        assert!(s.client_input(&stream, vec![]).is_err());
+        // What came before the error still goes out, and only that.
+        assert_eq!(sends(&mut s), vec![(vec![], sync)]);
     }
 
     #[test]
