@@ -48,7 +48,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = Limits::default().max_contexts)]
     pub max_contexts: u32,
     /// Size of the host-visible window offered for HOST3D blobs (0: none).
-    #[arg(long, default_value_t = 4 << 30)]
+    #[arg(long, default_value_t = DeviceConfig::default().host_visible_size)]
     pub host_visible_size: u64,
     /// Never use udmabuf: copy guest blobs into host memfds.
     #[arg(long)]
