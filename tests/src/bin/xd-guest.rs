@@ -2,7 +2,9 @@
 //! over one cross-domain channel directly (`crossway_agent::channel`), with no guest
 //! compositor in between. Requests are built with `wire::encode` against the protocol tables
 //! and replay what real clients send (recorded in `tests/fixtures/streams/`); events are
-//! framed and decoded with an `ObjectMap`, their fds arriving as host items.
+//! framed and decoded with an `ObjectMap`, their fds arriving as host items. The device is the
+//! one the agent would open (`crossway_agent::device`: `CROSSWAY_VIRTGPU`, else the first
+//! virtio_gpu render node).
 //!
 //! Scenarios (stdout, one fact per line, for tests):
 //! - `registry`: `global INTERFACE VERSION` per global, then `done`.
@@ -46,16 +48,16 @@ use clap::{Parser, ValueEnum};
 use crossway_agent::channel::{
     Channel, ChannelConfig, ChannelError, ChannelMessage, HostItem, HostItemKind, SendId,
 };
+use crossway_agent::device::{AgentDevice, DeviceSpec};
 use crossway_protocols::cross_domain::{
     CROSS_DOMAIN_ID_TYPE_READ_PIPE, CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB,
     CROSS_DOMAIN_MAX_IDENTIFIERS, CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA, Identifier, gbm_flags,
 };
 use crossway_protocols::objects::ObjectMap;
 use crossway_protocols::tables::ProtocolTable;
-use crossway_protocols::virtgpu::{CROSSWAY_VIRTGPU_ENV, VirtGpuAddress, VirtGpuMapping};
+use crossway_protocols::virtgpu::VirtGpuMapping;
 use crossway_protocols::wire::{self, Arg, Message, ObjectId};
 use crossway_tests::pixels::quadrants_rgb;
-use crossway_virtio::loopback::LoopbackClient;
 
 /// XRGB8888 as wl_shm names it.
 const WL_SHM_XRGB8888: u32 = 1;
@@ -208,7 +210,7 @@ impl Event {
 
 /// A Wayland client connection whose transport is a cross-domain channel.
 struct Conn {
-    ch: Channel<LoopbackClient>,
+    ch: Channel<AgentDevice>,
     map: ObjectMap,
     next_id: u32,
     out: Vec<u8>,
@@ -222,8 +224,8 @@ struct Conn {
 }
 
 impl Conn {
-    fn open(path: &Path) -> Result<Conn> {
-        let dev = LoopbackClient::connect(path)?;
+    fn open(spec: &DeviceSpec) -> Result<Conn> {
+        let dev = AgentDevice::open(spec)?;
         let ch = Channel::open(dev, ChannelConfig::default()).context("opening the channel")?;
         Ok(Conn {
             ch,
@@ -929,8 +931,8 @@ fn ident(id: u32, id_type: u32) -> Identifier {
 
 /// Runs `send`, then shows that a fresh channel on the same VM still serves a client: the
 /// same globals as before.
-fn bad(path: &Path, send: BadSend) -> Result<()> {
-    let mut c = Conn::open(path)?;
+fn bad(spec: &DeviceSpec, send: BadSend) -> Result<()> {
+    let mut c = Conn::open(spec)?;
     c.registry()?;
     let outcome = send(&mut c)?;
     // Refused at once (the SUBMIT_3D failed), or later: an error event or the channel closed.
@@ -944,7 +946,7 @@ fn bad(path: &Path, send: BadSend) -> Result<()> {
     say(&format!("bad: {what}"))?;
     let before = std::mem::take(&mut c.globals);
     drop(c);
-    let mut fresh = Conn::open(path)?;
+    let mut fresh = Conn::open(spec)?;
     fresh.registry()?;
     let names = |g: &[(u32, String, u32)]| -> Vec<(String, u32)> {
         g.iter().map(|(_, i, v)| (i.clone(), *v)).collect()
@@ -959,23 +961,19 @@ fn bad(path: &Path, send: BadSend) -> Result<()> {
 }
 
 fn run(cli: &Cli) -> Result<()> {
-    let value = std::env::var(CROSSWAY_VIRTGPU_ENV)
-        .with_context(|| format!("{CROSSWAY_VIRTGPU_ENV} is not set"))?;
-    let path = match VirtGpuAddress::from_env_value(&value)? {
-        VirtGpuAddress::Loopback(p) => p,
-        VirtGpuAddress::RenderNode(p) => bail!("render node {} not supported yet", p.display()),
-    };
+    // The device the agent would open: CROSSWAY_VIRTGPU, else the first virtio_gpu node.
+    let spec = DeviceSpec::Auto.resolve()?;
     let scenario: fn(&mut Conn, &Cli) -> Result<()> = match cli.scenario {
-        Scenario::BadResource => return bad(&path, bad_resource),
-        Scenario::BadPipe => return bad(&path, bad_pipe),
-        Scenario::BadSize => return bad(&path, bad_size),
+        Scenario::BadResource => return bad(&spec, bad_resource),
+        Scenario::BadPipe => return bad(&spec, bad_pipe),
+        Scenario::BadSize => return bad(&spec, bad_size),
         Scenario::Registry => |c, _| registry(c),
         Scenario::ShmWindow => shm_window,
         Scenario::HostBlobWindow => host_blob_window,
         Scenario::ClipboardPaste => clipboard_paste,
         Scenario::Keymap => |c, _| keymap(c),
     };
-    scenario(&mut Conn::open(&path)?, cli)
+    scenario(&mut Conn::open(&spec)?, cli)
 }
 
 fn main() -> std::process::ExitCode {
