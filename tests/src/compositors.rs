@@ -595,6 +595,47 @@ impl Host {
         }
     }
 
+    /// How many distinct colours the content of the toplevel `title` has now (a window with
+    /// text or widgets drawn has many; a blank one a few).
+    pub fn window_colours(&self, rt: &Runtime, title: &str) -> Result<usize> {
+        let windows = self
+            .toplevels()?
+            .context("this compositor cannot list its toplevels")?;
+        let rect = *windows
+            .get(title)
+            .with_context(|| format!("no toplevel {title:?}: {:?}", windows.keys()))?;
+        Ok(distinct_colours(&crop(&self.screenshot(rt)?, rect)?))
+    }
+
+    /// Takes screenshots until a `crossway-test-client` window of `size` shows its quadrants
+    /// ([`Quadrants::drawn`]) or `timeout` passes; the last count.
+    pub fn wait_for_quadrants(
+        &self,
+        rt: &Runtime,
+        (w, h): (u32, u32),
+        timeout: Duration,
+    ) -> Result<Quadrants> {
+        let mut last = Quadrants {
+            counts: [0; 4],
+            each: (w / 2 * h / 2) as usize,
+        };
+        let mut failed = None;
+        crate::eventually(timeout, || match self.screenshot(rt) {
+            Ok(shot) => {
+                last.counts = QUADRANT_COLOURS.map(|rgb| count_colour(&shot, rgb));
+                last.drawn()
+            }
+            Err(e) => {
+                failed = Some(e);
+                true
+            }
+        });
+        match failed {
+            Some(e) => Err(e.context("screenshot")),
+            None => Ok(last),
+        }
+    }
+
     /// Whether the compositor is still running.
     pub fn running(&mut self) -> bool {
         match &mut self.running {
@@ -820,6 +861,36 @@ pub fn changed_pixels(a: &Image, b: &Image) -> usize {
         .zip(b.rgba.chunks_exact(4))
         .filter(|(p, q)| p != q)
         .count()
+}
+
+/// The colours of `crossway-test-client`'s quadrants: red, green, blue, white.
+pub const QUADRANT_COLOURS: [[u8; 3]; 4] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]];
+
+/// How many pixels of a screenshot have each of [`QUADRANT_COLOURS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quadrants {
+    /// Pixels of red, green, blue, white.
+    pub counts: [usize; 4],
+    /// The area of one quadrant of the window.
+    pub each: usize,
+}
+
+impl Quadrants {
+    /// Whether every colour covers at least 9/10 of a quadrant: the checker takes a corner of
+    /// the red one and a compositor may draw borders over the edges.
+    pub fn drawn(&self) -> bool {
+        self.counts.iter().all(|&c| c >= self.each * 9 / 10)
+    }
+}
+
+impl std::fmt::Display for Quadrants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "quadrant pixels (red, green, blue, white) {:?}, each should be about {}",
+            self.counts, self.each
+        )
+    }
 }
 
 /// The way guest apps reach the host in a [`Guest`].
