@@ -119,25 +119,47 @@ impl Drop for Owned {
 
 /// Waits until `path` exists, `child` exits, or [`START_TIMEOUT`] passes.
 fn wait_for_path(path: &Path, child: &mut Owned, what: &str, log: &Path) -> Result<()> {
+    let goal = format!("created {}", path.display());
+    wait_for_start(child, what, &goal, log, || Ok(path.exists().then_some(())))
+}
+
+/// Calls `look` every 20 ms until it finds something, `child` exits, or [`START_TIMEOUT`]
+/// passes; the errors name `what` (the program), the `goal` it did not reach ("created X"),
+/// and its logs.
+fn wait_for_start<T>(
+    child: &mut Owned,
+    what: &str,
+    goal: &str,
+    log: &Path,
+    mut look: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + START_TIMEOUT;
-    while !path.exists() {
+    loop {
+        if let Some(found) = look()? {
+            return Ok(found);
+        }
         if let Some(status) = child.exited() {
             bail!(
-                "{what} exited ({status}) before creating {}\n{}",
-                path.display(),
+                "{what} exited ({status}) and had not {goal}\n{}",
                 read_logs(log)
             );
         }
         if Instant::now() >= deadline {
             bail!(
-                "{what} did not create {} in {START_TIMEOUT:?}\n{}",
-                path.display(),
+                "{what} had not {goal} after {START_TIMEOUT:?}\n{}",
                 read_logs(log)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
+}
+
+/// The first entry of `dir` whose file name `matches`.
+fn find_entry(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<Option<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(OsStr::to_str).is_some_and(&matches)))
 }
 
 /// A log file and its `.err` sibling, as text.
@@ -414,38 +436,12 @@ impl Host {
             );
         let mut process = Owned::spawn(&mut cmd, log)?;
         // sway names its socket wayland-N, the first N free.
-        let deadline = Instant::now() + START_TIMEOUT;
-        let display = loop {
-            let found = std::fs::read_dir(dir.path())?
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .find(|p| {
-                    p.file_name()
-                        .and_then(OsStr::to_str)
-                        .is_some_and(|n| n.starts_with("wayland-") && !n.ends_with(".lock"))
-                });
-            if let Some(found) = found {
-                break found;
-            }
-            if let Some(status) = process.exited() {
-                bail!("sway exited ({status})\n{}", read_logs(log));
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "sway made no socket in {START_TIMEOUT:?}\n{}",
-                    read_logs(log)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let ipc = std::fs::read_dir(dir.path())?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(OsStr::to_str)
-                    .is_some_and(|n| n.starts_with("sway-ipc."))
-            });
+        let display = wait_for_start(&mut process, "sway", "made its socket", log, || {
+            find_entry(dir.path(), |n| {
+                n.starts_with("wayland-") && !n.ends_with(".lock")
+            })
+        })?;
+        let ipc = find_entry(dir.path(), |n| n.starts_with("sway-ipc."))?;
         let keyboard = virtual_keyboard(&display)
             .with_context(|| format!("virtual keyboard on sway\n{}", read_logs(log)))?;
         Ok(Some((
@@ -508,10 +504,7 @@ impl Host {
                         String::from_utf8_lossy(&out.stderr)
                     );
                 }
-                std::fs::read_dir(&dir)?
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .find(|p| p.extension().is_some_and(|e| e == "png"))
+                find_entry(&dir, |n| n.ends_with(".png"))?
                     .context("weston-screenshooter wrote no PNG")?
             }
             Running::Sway { grim, .. } => {
@@ -944,9 +937,6 @@ pub struct Guest {
     relay: Option<Owned>,
     filter: Option<ProxyProcess>,
 }
-
-/// `GuestChain` is the name the brief's callers know the whole-chain guest by.
-pub type GuestChain = Guest;
 
 impl Guest {
     /// The guest of VM `vm_name` in front of the compositor at `host_display`, over
