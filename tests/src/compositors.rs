@@ -1120,23 +1120,16 @@ fn read_stats_after_usr1(pid: Option<u32>, path: &Path) -> Result<serde_json::Va
         .and_then(|p| rustix::process::Pid::from_raw(p as i32))
         .context("process not running")?;
     rustix::process::kill_process(pid, rustix::process::Signal::USR1)?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let mut value = None;
+    crate::eventually(Duration::from_secs(5), || {
         let now = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        if now.is_some() && now != before {
-            // A partly written file fails to parse: try again.
-            if let Ok(value) = std::fs::read(path)
-                .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(serde_json::from_slice(&b)?))
-            {
-                return Ok(value);
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!("no stats in {} after SIGUSR1", path.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        // A partly written file fails to parse: look again.
+        value = (now.is_some() && now != before)
+            .then(|| serde_json::from_slice(&std::fs::read(path).ok()?).ok())
+            .flatten();
+        value.is_some()
+    });
+    value.with_context(|| format!("no stats in {} after SIGUSR1", path.display()))
 }
 
 /// Waits for `line` on a child's stdout (read line by line), up to `timeout`; returns all lines
