@@ -119,25 +119,47 @@ impl Drop for Owned {
 
 /// Waits until `path` exists, `child` exits, or [`START_TIMEOUT`] passes.
 fn wait_for_path(path: &Path, child: &mut Owned, what: &str, log: &Path) -> Result<()> {
+    let goal = format!("created {}", path.display());
+    wait_for_start(child, what, &goal, log, || Ok(path.exists().then_some(())))
+}
+
+/// Calls `look` every 20 ms until it finds something, `child` exits, or [`START_TIMEOUT`]
+/// passes; the errors name `what` (the program), the `goal` it did not reach ("created X"),
+/// and its logs.
+fn wait_for_start<T>(
+    child: &mut Owned,
+    what: &str,
+    goal: &str,
+    log: &Path,
+    mut look: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + START_TIMEOUT;
-    while !path.exists() {
+    loop {
+        if let Some(found) = look()? {
+            return Ok(found);
+        }
         if let Some(status) = child.exited() {
             bail!(
-                "{what} exited ({status}) before creating {}\n{}",
-                path.display(),
+                "{what} exited ({status}) and had not {goal}\n{}",
                 read_logs(log)
             );
         }
         if Instant::now() >= deadline {
             bail!(
-                "{what} did not create {} in {START_TIMEOUT:?}\n{}",
-                path.display(),
+                "{what} had not {goal} after {START_TIMEOUT:?}\n{}",
                 read_logs(log)
             );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(())
+}
+
+/// The first entry of `dir` whose file name `matches`.
+fn find_entry(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<Option<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(OsStr::to_str).is_some_and(&matches)))
 }
 
 /// A log file and its `.err` sibling, as text.
@@ -414,38 +436,12 @@ impl Host {
             );
         let mut process = Owned::spawn(&mut cmd, log)?;
         // sway names its socket wayland-N, the first N free.
-        let deadline = Instant::now() + START_TIMEOUT;
-        let display = loop {
-            let found = std::fs::read_dir(dir.path())?
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .find(|p| {
-                    p.file_name()
-                        .and_then(OsStr::to_str)
-                        .is_some_and(|n| n.starts_with("wayland-") && !n.ends_with(".lock"))
-                });
-            if let Some(found) = found {
-                break found;
-            }
-            if let Some(status) = process.exited() {
-                bail!("sway exited ({status})\n{}", read_logs(log));
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "sway made no socket in {START_TIMEOUT:?}\n{}",
-                    read_logs(log)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let ipc = std::fs::read_dir(dir.path())?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(OsStr::to_str)
-                    .is_some_and(|n| n.starts_with("sway-ipc."))
-            });
+        let display = wait_for_start(&mut process, "sway", "made its socket", log, || {
+            find_entry(dir.path(), |n| {
+                n.starts_with("wayland-") && !n.ends_with(".lock")
+            })
+        })?;
+        let ipc = find_entry(dir.path(), |n| n.starts_with("sway-ipc."))?;
         let keyboard = virtual_keyboard(&display)
             .with_context(|| format!("virtual keyboard on sway\n{}", read_logs(log)))?;
         Ok(Some((
@@ -508,10 +504,7 @@ impl Host {
                         String::from_utf8_lossy(&out.stderr)
                     );
                 }
-                std::fs::read_dir(&dir)?
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .find(|p| p.extension().is_some_and(|e| e == "png"))
+                find_entry(&dir, |n| n.ends_with(".png"))?
                     .context("weston-screenshooter wrote no PNG")?
             }
             Running::Sway { grim, .. } => {
@@ -592,6 +585,47 @@ impl Host {
                 bail!("no toplevel titled {title:?} in {timeout:?}; there are {titles:?}");
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// How many distinct colours the content of the toplevel `title` has now (a window with
+    /// text or widgets drawn has many; a blank one a few).
+    pub fn window_colours(&self, rt: &Runtime, title: &str) -> Result<usize> {
+        let windows = self
+            .toplevels()?
+            .context("this compositor cannot list its toplevels")?;
+        let rect = *windows
+            .get(title)
+            .with_context(|| format!("no toplevel {title:?}: {:?}", windows.keys()))?;
+        Ok(distinct_colours(&crop(&self.screenshot(rt)?, rect)?))
+    }
+
+    /// Takes screenshots until a `crossway-test-client` window of `size` shows its quadrants
+    /// ([`Quadrants::drawn`]) or `timeout` passes; the last count.
+    pub fn wait_for_quadrants(
+        &self,
+        rt: &Runtime,
+        (w, h): (u32, u32),
+        timeout: Duration,
+    ) -> Result<Quadrants> {
+        let mut last = Quadrants {
+            counts: [0; 4],
+            each: (w / 2 * h / 2) as usize,
+        };
+        let mut failed = None;
+        crate::eventually(timeout, || match self.screenshot(rt) {
+            Ok(shot) => {
+                last.counts = QUADRANT_COLOURS.map(|rgb| count_colour(&shot, rgb));
+                last.drawn()
+            }
+            Err(e) => {
+                failed = Some(e);
+                true
+            }
+        });
+        match failed {
+            Some(e) => Err(e.context("screenshot")),
+            None => Ok(last),
         }
     }
 
@@ -822,6 +856,36 @@ pub fn changed_pixels(a: &Image, b: &Image) -> usize {
         .count()
 }
 
+/// The colours of `crossway-test-client`'s quadrants: red, green, blue, white.
+pub const QUADRANT_COLOURS: [[u8; 3]; 4] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]];
+
+/// How many pixels of a screenshot have each of [`QUADRANT_COLOURS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quadrants {
+    /// Pixels of red, green, blue, white.
+    pub counts: [usize; 4],
+    /// The area of one quadrant of the window.
+    pub each: usize,
+}
+
+impl Quadrants {
+    /// Whether every colour covers at least 9/10 of a quadrant: the checker takes a corner of
+    /// the red one and a compositor may draw borders over the edges.
+    pub fn drawn(&self) -> bool {
+        self.counts.iter().all(|&c| c >= self.each * 9 / 10)
+    }
+}
+
+impl std::fmt::Display for Quadrants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "quadrant pixels (red, green, blue, white) {:?}, each should be about {}",
+            self.counts, self.each
+        )
+    }
+}
+
 /// The way guest apps reach the host in a [`Guest`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -873,9 +937,6 @@ pub struct Guest {
     relay: Option<Owned>,
     filter: Option<ProxyProcess>,
 }
-
-/// `GuestChain` is the name the brief's callers know the whole-chain guest by.
-pub type GuestChain = Guest;
 
 impl Guest {
     /// The guest of VM `vm_name` in front of the compositor at `host_display`, over
@@ -1059,23 +1120,16 @@ fn read_stats_after_usr1(pid: Option<u32>, path: &Path) -> Result<serde_json::Va
         .and_then(|p| rustix::process::Pid::from_raw(p as i32))
         .context("process not running")?;
     rustix::process::kill_process(pid, rustix::process::Signal::USR1)?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    let mut value = None;
+    crate::eventually(Duration::from_secs(5), || {
         let now = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        if now.is_some() && now != before {
-            // A partly written file fails to parse: try again.
-            if let Ok(value) = std::fs::read(path)
-                .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(serde_json::from_slice(&b)?))
-            {
-                return Ok(value);
-            }
-        }
-        if Instant::now() >= deadline {
-            bail!("no stats in {} after SIGUSR1", path.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        // A partly written file fails to parse: look again.
+        value = (now.is_some() && now != before)
+            .then(|| serde_json::from_slice(&std::fs::read(path).ok()?).ok())
+            .flatten();
+        value.is_some()
+    });
+    value.with_context(|| format!("no stats in {} after SIGUSR1", path.display()))
 }
 
 /// Waits for `line` on a child's stdout (read line by line), up to `timeout`; returns all lines

@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crossway_tests::compositors::{Guest, Host, HostKind, crop, distinct_colours};
-use crossway_tests::{Process, Runtime, require};
+use crossway_tests::compositors::{Guest, Host, HostKind};
+use crossway_tests::{Process, Runtime, eventually, require};
 
 #[test]
 fn gtk4_widget_factory_renders_in_software() {
@@ -40,14 +40,10 @@ fn gtk4_widget_factory_renders_in_software() {
     };
     assert!(title.contains("Widget Factory"), "{title}");
     let mut colours = 0;
-    while Instant::now() < deadline {
-        let rect = host.toplevels().unwrap().unwrap()[&title];
-        colours = distinct_colours(&crop(&host.screenshot(&rt).unwrap(), rect).unwrap());
-        if colours > 50 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(deadline.saturating_duration_since(Instant::now()), || {
+        colours = host.window_colours(&rt, &title).unwrap();
+        colours > 50
+    });
     assert!(
         app.running(),
         "gtk4-widget-factory exited\n{}",

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use crossway_tests::compositors::{Guest, Host, HostKind, crop, distinct_colours};
-use crossway_tests::{Process, Runtime, paste, require, wayland_info_globals};
+use crossway_tests::compositors::{Guest, Host, HostKind};
+use crossway_tests::{Process, Runtime, eventually, paste, require, wayland_info_globals};
 
 fn copy(rt: &Runtime, program: &Path, socket: &Path, text: &str) -> Child {
     let mut child = rt
@@ -80,15 +80,10 @@ fn sway_guest_foot_clipboard_and_hidden_globals() {
     }
     // Inside foot's window (not sway's title bar, whose text sway draws itself).
     let mut colours = 0;
-    for _ in 0..50 {
-        let windows = host.toplevels().unwrap().unwrap();
-        let rect = windows["[sw] foot-guest"];
-        colours = distinct_colours(&crop(&host.screenshot(&rt).unwrap(), rect).unwrap());
-        if colours > 4 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(Duration::from_secs(5), || {
+        colours = host.window_colours(&rt, "[sw] foot-guest").unwrap();
+        colours > 4
+    });
     assert!(terminal.running(), "foot exited\n{}", guest.log_text());
     assert!(
         colours > 4,

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crossway_tests::compositors::{Guest, Host, HostKind, changed_pixels};
-use crossway_tests::{Process, Runtime, require, wayland_info_globals};
+use crossway_tests::{Process, Runtime, eventually, require, wayland_info_globals};
 
 #[test]
 fn weston10_guest_simple_shm_draws_and_private_globals_are_hidden() {
@@ -49,14 +49,10 @@ fn weston10_guest_simple_shm_draws_and_private_globals_are_hidden() {
     let before = host.screenshot(&rt).unwrap();
     let mut shm = Process::spawn("weston-simple-shm", &mut guest.client(&rt, simple_shm)).unwrap();
     let mut changed = 0;
-    for _ in 0..40 {
-        std::thread::sleep(Duration::from_millis(250));
-        let after = host.screenshot(&rt).unwrap();
-        changed = changed_pixels(&before, &after);
-        if changed > 10_000 {
-            break;
-        }
-    }
+    eventually(Duration::from_secs(10), || {
+        changed = changed_pixels(&before, &host.screenshot(&rt).unwrap());
+        changed > 10_000
+    });
     assert!(
         shm.running(),
         "weston-simple-shm exited\n{}",

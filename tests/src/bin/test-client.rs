@@ -146,6 +146,13 @@ struct Args {
     measure_pid: Option<u32>,
 }
 
+impl Args {
+    /// Bytes per row of a buffer.
+    fn stride(&self) -> u32 {
+        self.stride.unwrap_or(self.width * 4 + 64)
+    }
+}
+
 fn parse_rect(s: &str) -> Result<[u32; 4], String> {
     let v: Vec<u32> = s
         .split(',')
@@ -173,7 +180,7 @@ struct State {
     feedback_done: bool,
     created: Option<wl_buffer::WlBuffer>,
     failed: bool,
-    configured: Option<(i32, i32)>,
+    configured: bool,
     closed: bool,
 }
 
@@ -205,7 +212,6 @@ fn run(args: &Args) -> Result<(), String> {
     else {
         return Err("compositor lacks wl_compositor or xdg_wm_base".into());
     };
-    let mut modifier = LINEAR;
     if args.buffer != BufferKind::Shm
         && let Some((dmabuf, version)) = state.dmabuf.clone()
         && version >= 4
@@ -214,27 +220,16 @@ fn run(args: &Args) -> Result<(), String> {
         while !state.feedback_done {
             dispatch(&mut queue, &mut state)?;
         }
-        // Memfds and mapped guest blobs can only be LINEAR: take LINEAR where the compositor
-        // offers it for XRGB8888.
-        let offered: Vec<u64> = state
-            .tranches
-            .iter()
-            .flat_map(|(_, pairs)| {
-                pairs
-                    .iter()
-                    .filter(|(f, _)| *f == XRGB8888)
-                    .map(|(_, m)| *m)
-            })
-            .collect();
-        modifier = offered
-            .iter()
-            .copied()
-            .find(|m| *m == LINEAR)
-            .ok_or("no LINEAR XRGB8888 offered")?;
+        // Memfds and mapped guest blobs can only be LINEAR: the compositor must offer it for
+        // XRGB8888.
+        let offered = state.tranches.iter().flat_map(|(_, pairs)| pairs);
+        if !offered.into_iter().any(|&p| p == (XRGB8888, LINEAR)) {
+            return Err("no LINEAR XRGB8888 offered".into());
+        }
     }
 
     let (width, height) = (args.width, args.height);
-    let stride = args.stride.unwrap_or(width * 4 + 64);
+    let stride = args.stride();
     let size = args.offset as usize + stride as usize * height as usize;
     let mut frame = Frame::new(width, height, args.offset, stride, size);
     frame.animated = args.damage;
@@ -273,17 +268,9 @@ fn run(args: &Args) -> Result<(), String> {
                     .clone()
                     .ok_or("compositor lacks zwp_linux_dmabuf_v1")?;
                 if i == 0 {
-                    say(&format!("modifier {modifier:#018x}"));
+                    say(&format!("modifier {LINEAR:#018x}"));
                 }
-                match dmabuf_buffer(
-                    args,
-                    &mut queue,
-                    &mut state,
-                    &dmabuf,
-                    storage.fd(),
-                    modifier,
-                    size,
-                )? {
+                match dmabuf_buffer(args, &mut queue, &mut state, &dmabuf, storage.fd(), size)? {
                     Some(buffer) => buffer,
                     None => return Ok(()),
                 }
@@ -303,7 +290,7 @@ fn run(args: &Args) -> Result<(), String> {
     toplevel.set_title(args.title.clone());
     toplevel.set_app_id(args.app_id.clone());
     surface.commit();
-    while state.configured.is_none() {
+    while !state.configured {
         dispatch(&mut queue, &mut state)?;
     }
     if args.presentation && state.presentation.is_none() {
@@ -653,14 +640,14 @@ fn dmabuf_buffer(
     state: &mut State,
     dmabuf: &dmabuf::ZwpLinuxDmabufV1,
     fd: BorrowedFd<'_>,
-    mut modifier: u64,
     size: usize,
 ) -> Result<Option<wl_buffer::WlBuffer>, String> {
     let qh = queue.handle();
     let (width, height) = (args.width, args.height);
     let mut format = XRGB8888;
+    let mut modifier = LINEAR;
     let mut plane_offset = args.offset;
-    let mut plane_stride = args.stride.unwrap_or(width * 4 + 64);
+    let mut plane_stride = args.stride();
     match args.bad {
         Some(Bad::SmallStride) => plane_stride = width * 4 - 4,
         Some(Bad::UnknownFormat) => format = u32::from_le_bytes(*b"ZZ99"),
@@ -838,9 +825,7 @@ impl Dispatch<xdg_surface::XdgSurface, ()> for State {
     ) {
         if let xdg_surface::Event::Configure { serial } = event {
             xdg.ack_configure(serial);
-            if state.configured.is_none() {
-                state.configured = Some((0, 0));
-            }
+            state.configured = true;
         }
     }
 }

@@ -72,6 +72,23 @@ fn guest_blob(dev: &mut impl VirtGpu, size: u64) -> Result<BlobHandles, VirtGpuE
     })
 }
 
+/// The cross-domain CMD_INIT {query ring, channel ring, Wayland} on `rings`.
+fn cmd_init(dev: &mut impl VirtGpu, rings: [&BlobHandles; 2]) -> Result<(), VirtGpuError> {
+    let mut init = Vec::new();
+    cross_domain::encode::init(
+        &mut init,
+        rings[0].res_handle,
+        rings[1].res_handle,
+        cross_domain::CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND,
+    );
+    dev.execbuffer(&drm_virtgpu_execbuffer {
+        flags: 0,
+        command: &init,
+        bo_handles: &[rings[0].bo_handle, rings[1].bo_handle],
+        ring_idx: 0,
+    })
+}
+
 fn pattern(len: usize, seed: usize) -> Vec<u8> {
     (0..len).map(|i| ((i + seed) * 31 % 251) as u8).collect()
 }
@@ -152,20 +169,7 @@ fn probe_loopback(spec: &DeviceSpec, mut dev: AgentDevice) -> Result<()> {
     ensure!(head[..] == pattern[BIG - 64..], "imported mapping differs");
     say(&format!("prime ok res {}", big.res_handle))?;
 
-    // Cross-domain CMD_INIT {query ring, channel ring, Wayland}.
-    let mut init = Vec::new();
-    cross_domain::encode::init(
-        &mut init,
-        rings[0].0.res_handle,
-        rings[1].0.res_handle,
-        cross_domain::CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND,
-    );
-    match dev.execbuffer(&drm_virtgpu_execbuffer {
-        flags: 0,
-        command: &init,
-        bo_handles: &[rings[0].0.bo_handle, rings[1].0.bo_handle],
-        ring_idx: 0,
-    }) {
+    match cmd_init(&mut dev, [&rings[0].0, &rings[1].0]) {
         Ok(()) => say("cmd_init ok")?,
         Err(VirtGpuError::Device(code)) => say(&format!("cmd_init refused {code:#x}"))?,
         Err(e) => return Err(e.into()),
@@ -256,19 +260,7 @@ fn probe_render_node(
     }
     if context.is_ok() && rings.len() == 2 {
         // A VMM that forwards both (crosvm, QEMU 11.2+): the cross-domain CMD_INIT.
-        let mut init = Vec::new();
-        cross_domain::encode::init(
-            &mut init,
-            rings[0].res_handle,
-            rings[1].res_handle,
-            cross_domain::CROSS_DOMAIN_CHANNEL_TYPE_WAYLAND,
-        );
-        dev.execbuffer(&drm_virtgpu_execbuffer {
-            flags: 0,
-            command: &init,
-            bo_handles: &[rings[0].bo_handle, rings[1].bo_handle],
-            ring_idx: 0,
-        })?;
+        cmd_init(&mut dev, [&rings[0], &rings[1]])?;
         say("cmd_init queued")?;
     } else {
         // Without CONTEXT_INIT the file's context would be a virgl one, which the device
@@ -279,37 +271,22 @@ fn probe_render_node(
     // Every handle call reaches the driver: a handle this file never had is refused by the
     // GEM lookup, not by the ioctl dispatch.
     const BOGUS: u32 = 0xdead;
-    let mut refused = Vec::new();
-    refused.push(format!(
-        "RESOURCE_INFO {}",
-        dev.resource_info(BOGUS)
-            .err()
-            .map_or("accepted".into(), |e| errno(&e))
-    ));
-    refused.push(format!(
-        "MAP {}",
-        dev.map(BOGUS)
-            .err()
-            .map_or("accepted".into(), |e| errno(&e))
-    ));
-    refused.push(format!(
-        "WAIT {}",
-        dev.wait(BOGUS, 0)
-            .err()
-            .map_or("accepted".into(), |e| errno(&e))
-    ));
-    refused.push(format!(
-        "PRIME_HANDLE_TO_FD {}",
-        dev.prime_handle_to_fd(BOGUS)
-            .err()
-            .map_or("accepted".into(), |e| errno(&e))
-    ));
-    refused.push(format!(
-        "GEM_CLOSE {}",
-        dev.gem_close(BOGUS)
-            .err()
-            .map_or("accepted".into(), |e| errno(&e))
-    ));
+    let answer = |call: &str, r: Result<(), VirtGpuError>| {
+        format!(
+            "{call} {}",
+            r.err().map_or("accepted".into(), |e| errno(&e))
+        )
+    };
+    let refused = [
+        answer("RESOURCE_INFO", dev.resource_info(BOGUS).map(drop)),
+        answer("MAP", dev.map(BOGUS).map(drop)),
+        answer("WAIT", dev.wait(BOGUS, 0)),
+        answer(
+            "PRIME_HANDLE_TO_FD",
+            dev.prime_handle_to_fd(BOGUS).map(drop),
+        ),
+        answer("GEM_CLOSE", dev.gem_close(BOGUS)),
+    ];
     say(&format!("bogus handle: {}", refused.join(", ")))?;
 
     // A real GEM object without blobs: a dumb buffer of the primary node, imported here.
