@@ -57,7 +57,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let out = args.out.clone();
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    // Declared first, so it is removed after every child below is stopped.
+    // Removed once `Demo::run` has stopped every child.
     let dir = private_dir()?;
     let demo = Demo {
         args,
@@ -253,9 +253,6 @@ impl Supervised {
             if self.alive() {
                 tracing::warn!(name = self.name, "still running after SIGTERM: killing it");
                 self.signal(Signal::KILL);
-                if let Some(c) = self.child.as_mut() {
-                    let _ = c.kill();
-                }
                 // SIGKILL is delivered, and orphans reaped by init, a moment later.
                 let deadline = Instant::now() + Duration::from_secs(1);
                 while self.alive() && Instant::now() < deadline {
@@ -685,7 +682,7 @@ fn host_toplevels(control: &Path) -> Result<Vec<HostToplevel>> {
 #[derive(Debug, Clone, Default)]
 struct HostView {
     toplevels: Vec<HostToplevel>,
-    screenshot: Option<(u32, u32)>,
+    screenshot: bool,
     error: Option<String>,
 }
 
@@ -700,13 +697,7 @@ impl HostView {
         let png = std::path::absolute(png).unwrap_or_else(|_| png.to_owned());
         match crate::headless::control::request(control, &serde_json::json!({ "screenshot": png }))
         {
-            Ok(v) => {
-                let dim = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-                view.screenshot = Some((
-                    u32::try_from(dim("width")).unwrap_or(0),
-                    u32::try_from(dim("height")).unwrap_or(0),
-                ));
-            }
+            Ok(_) => view.screenshot = true,
             Err(e) => view.error = Some(format!("screenshot: {e:#}")),
         }
         view
@@ -1117,7 +1108,7 @@ impl Report {
             latency,
             latency_error,
             toplevels: i.view.toplevels,
-            screenshot: i.view.screenshot.map(|_| "screenshot.png".into()),
+            screenshot: i.view.screenshot.then(|| "screenshot.png".into()),
             host_view_error: i.view.error,
             relay: i.relay,
             agent: i.agent_stats,
@@ -1138,15 +1129,14 @@ impl Report {
             "crossway demo: {app} in VM \"{}\" on the {}\n  chain: {}\n",
             self.vm_name, self.host, self.chain
         ));
-        let windows: Vec<&HostToplevel> = self.toplevels.iter().collect();
-        if windows.is_empty() {
+        if self.toplevels.is_empty() {
             s.push_str("  window: no toplevel seen on the host at the end");
             if self.host.contains("WAYLAND_DISPLAY") {
                 s.push_str(" (your desktop: look at it)");
             }
             s.push('\n');
         }
-        for w in windows {
+        for w in &self.toplevels {
             let (x, y, width, height) = w.rect;
             s.push_str(&format!(
                 "  window on the host: title {:?}, app id {:?}, at {x},{y} size {width}x{height}{}\n",

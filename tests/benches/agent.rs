@@ -89,6 +89,21 @@ fn chain(
     (fps(&out), s)
 }
 
+/// The embedded compositor (1280x800) at `refresh` Hz, on `host` in `rt`.
+fn headless(rt: &Runtime, refresh: &str) -> ProxyProcess {
+    let socket = rt.path().join("host").display().to_string();
+    let args = [
+        "headless",
+        "--socket",
+        &socket,
+        "--size",
+        "1280x800",
+        "--refresh",
+        refresh,
+    ];
+    ProxyProcess::start(rt, "headless", args).unwrap()
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let frames: u64 = if full {
@@ -106,20 +121,7 @@ fn main() {
     );
     for refresh in ["60", "1000"] {
         let rt = Runtime::new().unwrap();
-        let host = ProxyProcess::start(
-            &rt,
-            "headless",
-            [
-                "headless",
-                "--socket",
-                &rt.path().join("host").display().to_string(),
-                "--size",
-                "1280x800",
-                "--refresh",
-                refresh,
-            ],
-        )
-        .unwrap();
+        let host = headless(&rt, refresh);
         // Interleaved, so drift on a shared machine touches both alike.
         let d1 = direct(&rt, &host.socket, &client, frames);
         let (c1, _) = chain(&rt, &host.socket, &client, frames, None, "c1");
@@ -132,18 +134,7 @@ fn main() {
         );
     }
     let rt = Runtime::new().unwrap();
-    let host = ProxyProcess::start(
-        &rt,
-        "headless",
-        [
-            "headless",
-            "--socket",
-            &rt.path().join("host").display().to_string(),
-            "--refresh",
-            "1000",
-        ],
-    )
-    .unwrap();
+    let host = headless(&rt, "1000");
     let (w, h): (u64, u64) = (SIZE.0.parse().unwrap(), SIZE.1.parse().unwrap());
     let full_frame = w * h * 4;
     for (label, damage) in [("full damage", None), ("64x16 damage", Some("32,32,64,16"))] {

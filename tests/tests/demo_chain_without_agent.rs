@@ -8,10 +8,10 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossway_proxy::headless::Image;
-use crossway_tests::{Process, Runtime, workspace_binary};
+use crossway_tests::{Process, Runtime, eventually, workspace_binary};
 
 fn demo(rt: &Runtime, out: &Path, extra: &[&str]) -> anyhow::Result<Process> {
     let proxy = workspace_binary("crossway-proxy")?;
@@ -51,6 +51,13 @@ fn processes_using(dir: &Path) -> Vec<String> {
     found
 }
 
+/// The demo's `stats.json` in `out`.
+fn read_stats(out: &Path) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_slice(&std::fs::read(
+        out.join("stats.json"),
+    )?)?)
+}
+
 fn only_out_left(rt: &Runtime) -> Vec<String> {
     std::fs::read_dir(rt.path())
         .unwrap()
@@ -76,7 +83,7 @@ fn demo_without_agent_shows_window_and_writes_outputs() -> anyhow::Result<()> {
         "no progress line: {stderr}"
     );
 
-    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("stats.json"))?)?;
+    let stats = read_stats(&out)?;
     assert_eq!(stats["vm_name"], "demo");
     assert!(stats["frames"].as_u64().unwrap() > 10, "{stats}");
     assert!(stats["fps"].as_f64().unwrap() > 1.0, "{stats}");
@@ -131,20 +138,18 @@ fn demo_sigterm_stops_every_process_and_still_writes_stats() -> anyhow::Result<(
     let rt = Runtime::new()?;
     let out = rt.path().join("out");
     let process = demo(&rt, &out, &["--duration", "600"])?;
-    let pid = process.id().unwrap();
+    let pid = rustix::process::Pid::from_raw(process.id().unwrap() as i32).unwrap();
     // Wait until the window is up: the first screenshot is taken then.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !out.join("screenshot.png").exists() {
-        assert!(Instant::now() < deadline, "no screenshot");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
+    assert!(
+        eventually(Duration::from_secs(90), || out
+            .join("screenshot.png")
+            .exists()),
+        "no screenshot"
+    );
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
     let (code, stdout, stderr) = process.wait(Duration::from_secs(60))?;
     assert_eq!(code, Some(130), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("stats.json"))?)?;
+    let stats = read_stats(&out)?;
     assert_eq!(stats["app_end"], "interrupted");
     assert!(stats["frames"].as_u64().unwrap() > 0);
     assert_eq!(only_out_left(&rt), Vec::<String>::new());
@@ -188,7 +193,7 @@ fn demo_host_mode_shows_the_window_on_wayland_display() -> anyhow::Result<()> {
     )?
     .wait(Duration::from_secs(120))?;
     assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let stats: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("stats.json"))?)?;
+    let stats = read_stats(&out)?;
     assert!(stats["screenshot"].is_null(), "{stats}");
     assert!(stats["frames"].as_u64().unwrap() > 0, "{stats}");
     assert!(

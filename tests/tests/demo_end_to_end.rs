@@ -85,7 +85,8 @@ fn check_common(stats: &serde_json::Value) {
     );
 }
 
-/// The host's toplevel whose app id starts with `demo.`: (x, y, w, h).
+/// The rectangle (x, y, w, h) of the host's toplevel titled `title`, whose app id must start
+/// with `demo.`.
 fn window(stats: &serde_json::Value, title: &str) -> (u32, u32, u32, u32) {
     let t = stats["toplevels"]
         .as_array()

@@ -133,7 +133,7 @@ fn report(relay: VmSnapshot, latency: std::result::Result<Latency, String>) -> R
                 mapped: true,
                 security_context_app_id: None,
             }],
-            screenshot: Some((1280, 800)),
+            screenshot: true,
             error: None,
         },
     })

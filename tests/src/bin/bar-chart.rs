@@ -11,6 +11,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
+use crossway_proxy::headless::Image;
+use crossway_tests::pixels::opaque;
 
 /// Draws a bar chart PNG from `PANEL<TAB>BAR<TAB>VALUE` lines on stdin.
 #[derive(Debug, Parser)]
@@ -79,33 +81,30 @@ fn glyph(c: char) -> [u8; 7] {
     }
 }
 
-/// An RGB canvas.
-struct Canvas {
-    width: u32,
-    height: u32,
-    rgb: Vec<u8>,
-}
+/// An opaque canvas, written with [`Image::save_png`].
+struct Canvas(Image);
 
 impl Canvas {
     fn new(width: u32, height: u32, background: [u8; 3]) -> Canvas {
-        Canvas {
+        let pixels = width as usize * height as usize;
+        Canvas(Image {
             width,
             height,
-            rgb: background
-                .iter()
-                .copied()
-                .cycle()
-                .take(width as usize * height as usize * 3)
-                .collect(),
-        }
+            rgba: opaque(background).repeat(pixels),
+        })
     }
 
     fn rect(&mut self, x: u32, y: u32, w: u32, h: u32, colour: [u8; 3]) {
-        for yy in y..(y + h).min(self.height) {
-            for xx in x..(x + w).min(self.width) {
-                let i = (yy as usize * self.width as usize + xx as usize) * 3;
-                if let Some(px) = self.rgb.get_mut(i..i + 3) {
-                    px.copy_from_slice(&colour);
+        let Image {
+            width,
+            height,
+            rgba,
+        } = &mut self.0;
+        for yy in y..(y + h).min(*height) {
+            for xx in x..(x + w).min(*width) {
+                let i = (yy as usize * *width as usize + xx as usize) * 4;
+                if let Some(px) = rgba.get_mut(i..i + 4) {
+                    px.copy_from_slice(&opaque(colour));
                 }
             }
         }
@@ -129,18 +128,6 @@ impl Canvas {
                 }
             }
         }
-    }
-
-    fn save(&self, path: &std::path::Path) -> Result<()> {
-        let file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), self.width, self.height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(&self.rgb)?;
-        writer.finish()?;
-        Ok(())
     }
 }
 
@@ -255,7 +242,7 @@ fn main() -> Result<()> {
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input)?;
     let panels = parse(&input)?;
-    draw(&panels, &args.title).save(&args.out)
+    draw(&panels, &args.title).0.save_png(&args.out)
 }
 
 #[cfg(test)]
@@ -285,10 +272,7 @@ mod tests {
         // Bar b is the panel's maximum: its colour appears 30 px below the plot's top.
         let colour = COLOURS[1];
         let y = 50 + 30;
-        let found = (0..c.width).any(|x| {
-            let i = (y as usize * c.width as usize + x as usize) * 3;
-            c.rgb[i..i + 3] == colour
-        });
+        let found = (0..c.0.width).any(|x| c.0.pixel(x, y) == Some(opaque(colour)));
         assert!(found);
     }
 }
