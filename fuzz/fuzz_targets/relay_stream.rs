@@ -1,4 +1,4 @@
-//! The relay engine (`crossway-proxy`'s `relay` module) fed both directions of a connection,
+//! The relay engine (`crossway-relay`) fed both directions of a connection,
 //! split at arbitrary points, with arbitrary fds: it must never panic, and what it forwards
 //! must stay well formed.
 //!
@@ -6,10 +6,6 @@
 //! bits 2-3: small limits). Then chunks: a flags byte (bit 0: host → guest, else guest → host;
 //! bits 1-2: fds sent with the chunk; bits 3-5: what each guest fd is), a length byte, and that
 //! many stream bytes. After an error every call must keep failing.
-//!
-//! The module is compiled here from its source (`#[path]`) rather than by depending on
-//! `crossway-proxy`, which would build the embedded compositor (smithay, pixman) with coverage
-//! instrumentation for nothing; the relay module uses only `super::` paths and small crates.
 
 #![no_main]
 
@@ -21,11 +17,7 @@ use crossway_protocols::dmabuf::{FormatModifier, PreferenceList};
 use crossway_protocols::wire;
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code, unused_imports)]
-#[path = "../../proxy/src/relay/mod.rs"]
-mod relay;
-
-use relay::{
+use crossway_relay::{
     BufferPath, ClientStats, GuestFd, GuestFdKind, Outgoing, Relay, RelayConfig, RelayError,
     SyncBuffers,
 };

@@ -30,7 +30,7 @@ use rustix::process::{Pid, Signal};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::DemoArgs;
-use crate::relay::stats::VmSnapshot;
+use crossway_relay::stats::VmSnapshot;
 
 /// How long a child has between SIGTERM and SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);

@@ -26,10 +26,10 @@ use tracing::{debug, info, info_span, warn};
 
 use crate::fdstream::{FdQueue, Received, recv_with_fds};
 use crate::host::HostConnector;
-use crate::relay::{
+use crate::setup::{RelayArgs, RelaySetup};
+use crossway_relay::{
     BufferPath, GuestFd, GuestFdKind, NoSync, Outgoing, Relay, RelayConfig, RelayError, VmStats,
 };
-use crate::setup::{RelayArgs, RelaySetup};
 
 /// Bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;

@@ -18,7 +18,6 @@ pub mod fdstream;
 pub mod filter;
 pub mod headless;
 pub mod host;
-pub mod relay;
 pub mod serve;
 pub mod setup;
 pub mod vm;

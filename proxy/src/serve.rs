@@ -16,8 +16,8 @@ use crossway_virtio::blob::ExportMode;
 use crossway_virtio::device::{CrosswayCapset, DeviceConfig, Limits};
 
 use crate::cross_domain::CrossDomainFactory;
-use crate::relay::{RelayConfig, VmStats};
 use crate::setup::RelaySetup;
+use crossway_relay::{RelayConfig, VmStats};
 
 /// Options of `serve` (also accepted without the subcommand, as libvirt launches backends).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -97,7 +97,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     // A policy file that does not parse is the operator's mistake: refuse to start rather than
     // run with another policy than the one asked for.
     if let Some(path) = &args.relay.policy {
-        crate::relay::Policy::load(path)
+        crossway_relay::Policy::load(path)
             .with_context(|| format!("policy file {}", path.display()))?;
     }
     // Without a reachable host compositor serve still runs: query-only contexts work and a

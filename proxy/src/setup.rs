@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::headless::{Headless, HeadlessConfig, SocketSpec};
 use crate::host::{HostConnector, HostInfo, ProbeLimits, SecurityContextSpec};
-use crate::relay::{RelayConfig, VmStats};
+use crossway_relay::{RelayConfig, VmStats};
 
 /// The security-context app id of a VM started without `--vm-name`.
 pub const DEFAULT_APP_ID: &str = "crossway-vm";
@@ -116,7 +116,7 @@ impl RelaySetup {
 
         let mut config = RelayConfig::default();
         if let Some(path) = &args.policy {
-            config.policy = crate::relay::Policy::load(path)
+            config.policy = crossway_relay::Policy::load(path)
                 .with_context(|| format!("policy file {}", path.display()))?;
         }
         config.policy.tagging.vm_name = args.vm_name.clone();

@@ -17,7 +17,7 @@ use crossway_protocols::wire::{self, Arg, ObjectId};
 use crossway_proxy::cross_domain::CrossDomainFactory;
 use crossway_proxy::headless::{Headless, HeadlessConfig, SocketSpec};
 use crossway_proxy::host::HostConnector;
-use crossway_proxy::relay::{RelayConfig, VmStats};
+use crossway_relay::{RelayConfig, VmStats};
 use crossway_virtio::blob::ExportMode;
 use crossway_virtio::device::DeviceConfig;
 use crossway_virtio::loopback::{LoopbackFile, LoopbackVm};

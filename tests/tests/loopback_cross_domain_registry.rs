@@ -5,7 +5,7 @@
 
 mod loopback_cross_domain_common;
 
-use crossway_proxy::relay::Policy;
+use crossway_relay::Policy;
 use crossway_tests::Runtime;
 use loopback_cross_domain_common::{headless, run_guest};
 

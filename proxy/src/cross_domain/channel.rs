@@ -25,7 +25,7 @@ use super::CrossDomainLimits;
 use super::image::{ImageLayout, ImageRequest};
 use super::sys;
 use crate::fdstream::FdQueue;
-use crate::relay::{GuestFd, Outgoing, Relay, RelayError, SyncBuffers};
+use crossway_relay::{GuestFd, Outgoing, Relay, RelayError, SyncBuffers};
 
 /// What an item id stands for.
 #[derive(Debug)]

@@ -1,5 +1,5 @@
 //! The cross-domain context type (capset 5), wire-compatible with crosvm/rutabaga: each Wayland
-//! channel becomes one [`crate::relay::Relay`] in front of the host compositor.
+//! channel becomes one [`crossway_relay::Relay`] in front of the host compositor.
 //!
 //! ```text
 //!  guest ─SUBMIT_3D─▶ CrossDomainContext::submit ─ INIT / GET_IMAGE_REQUIREMENTS / POLL
@@ -43,7 +43,7 @@ pub use image::{ImageAllocator, ImageError, ImageLayout, ImageRequest, MemfdAllo
 use worker::lock;
 
 use crate::host::HostConnector;
-use crate::relay::{
+use crossway_relay::{
     BufferPath, GuestFd, GuestFdKind, Outgoing, Relay, RelayConfig, RelayError, SyncBuffers,
     VmStats,
 };

@@ -453,7 +453,7 @@ fn send_blobs_reach_host_as_fds_of_their_sizes() {
     r.submit(&send_cmd(&ids, b"wayland!")).unwrap();
     let (bytes, fds) = recv_host(&host, 8);
     assert_eq!(bytes, b"wayland!");
-    // Buffer paths and `sync` are the Wayland relay's (tested in `crate::relay` and end to
+    // Buffer paths and `sync` are the Wayland relay's (tested in `crossway_relay` and end to
     // end); through the pass-through every blob arrives as its exported fd, in order.
     let sizes: Vec<_> = fds.iter().map(|fd| sys::classify(fd.as_fd())).collect();
     assert_eq!(sizes, [8192, 4096, 4096].map(sys::HostFdClass::Memory));
@@ -778,7 +778,7 @@ fn dropping_context_closes_host_connection_and_pipes() {
 }
 
 /// Relays bytes and fds unchanged, so these tests exercise the transport (rings, items, fds,
-/// pipes) with raw bytes; the Wayland relay has its own tests in `crate::relay`, and the
+/// pipes) with raw bytes; the Wayland relay has its own tests in `crossway_relay`, and the
 /// end-to-end tests run both together.
 #[derive(Debug)]
 pub(super) struct PassThrough;
@@ -787,10 +787,10 @@ impl super::channel::StreamRelay for PassThrough {
     fn guest_to_host(
         &mut self,
         bytes: &[u8],
-        fds: Vec<crate::relay::GuestFd>,
-        _sync: &mut dyn crate::relay::SyncBuffers,
+        fds: Vec<crossway_relay::GuestFd>,
+        _sync: &mut dyn crossway_relay::SyncBuffers,
         out: &mut Outgoing,
-    ) -> Result<(), crate::relay::RelayError> {
+    ) -> Result<(), crossway_relay::RelayError> {
         let at = out.to_host.len();
         out.to_host.extend_from_slice(bytes);
         out.host_fds.extend(fds.into_iter().map(|f| (at, f.fd)));
@@ -802,7 +802,7 @@ impl super::channel::StreamRelay for PassThrough {
         bytes: &[u8],
         fds: Vec<OwnedFd>,
         out: &mut Outgoing,
-    ) -> Result<(), crate::relay::RelayError> {
+    ) -> Result<(), crossway_relay::RelayError> {
         let at = out.to_guest.len();
         out.to_guest.extend_from_slice(bytes);
         out.guest_fds.extend(fds.into_iter().map(|fd| (at, fd)));

@@ -13,7 +13,7 @@ use rustix::event::{PollFd, PollFlags};
 
 use super::channel::State;
 use super::sys;
-use crate::relay::{Outgoing, RelayError};
+use crossway_relay::{Outgoing, RelayError};
 
 pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::relay::stats::ClientSnapshot;
+use crossway_relay::stats::ClientSnapshot;
 
 fn snapshot(frames: u64, copied: u64, to_host: u64, to_guest: u64) -> VmSnapshot {
     VmSnapshot {

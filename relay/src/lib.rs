@@ -1,5 +1,5 @@
-//! The Wayland relay engine: one [`Relay`] per guest client connection, shared by the
-//! cross-domain context (`crate::cross_domain`) and the socket front (`crossway-proxy filter`).
+//! `crossway-relay`: the Wayland relay engine, one [`Relay`] per guest client connection, shared by the
+//! cross-domain context (`crossway_proxy::cross_domain`) and the socket front (`crossway-proxy filter`).
 //!
 //! The engine does no I/O. Its transport hands it what arrived from the guest (bytes, possibly
 //! a partial message, plus fds with what the transport knows of them) and what arrived from the
@@ -10,9 +10,6 @@
 //! Fds travel with the bytes of the message that carries them: every fd in an [`Outgoing`] is
 //! tagged with the byte offset of its message, so a transport that must split the stream
 //! (cross-domain RECEIVE carries at most 3744 bytes) sends each fd no later than its message.
-
-//! Submodules use only `super::` paths and their own dependencies, so the fuzz target can
-//! build this module on its own (`fuzz/fuzz_targets/relay_stream.rs`).
 
 pub mod buffers;
 pub mod fault;
@@ -172,7 +169,7 @@ pub struct RelayConfig {
     /// Limits per client.
     pub limits: RelayLimits,
     /// The (format, modifier) pairs the host compositor imports, from its dmabuf feedback read
-    /// at start (see `crate::host::HostInfo`). `None`: unknown, so `zwp_linux_dmabuf_v1` is not
+    /// at start (see `crossway_proxy::host::HostInfo`). `None`: unknown, so `zwp_linux_dmabuf_v1` is not
     /// advertised to the guest.
     pub host_formats: Option<Arc<crossway_protocols::dmabuf::PreferenceList>>,
 }

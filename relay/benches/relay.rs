@@ -21,7 +21,7 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use crossway_protocols::tables::ProtocolTable;
 use crossway_protocols::wire::{self, Arg, Fixed, ObjectId};
-use crossway_proxy::relay::{
+use crossway_relay::{
     BufferPath, ClientStats, GuestFd, GuestFdKind, Outgoing, Relay, RelayConfig, SyncBuffers,
 };
 
