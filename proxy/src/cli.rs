@@ -29,57 +29,13 @@ pub enum Command {
     /// Be the virtio-gpu vhost-user backend of one VM (QEMU, crosvm, libvirt).
     Serve(crate::serve::ServeArgs),
     /// Run the embedded headless compositor, for any Wayland client to connect to.
-    Headless(HeadlessArgs),
+    Headless(crossway_headless::command::HeadlessArgs),
     /// Relay Wayland clients on a socket to the host compositor through the policy
     /// (for VMMs with a built-in cross-domain host: crosvm --wayland-sock, libkrun).
     Filter(crate::filter::FilterArgs),
     /// Start a loopback VM against `serve` and run a guest program in it
     /// (it finds the device in $CROSSWAY_VIRTGPU).
     Vm(crate::vm::VmArgs),
-}
-
-/// Options of `headless`.
-#[derive(Debug, clap::Args)]
-pub struct HeadlessArgs {
-    /// Socket name under $XDG_RUNTIME_DIR, or an absolute path.
-    #[arg(long, default_value = "crossway-headless-0")]
-    pub socket: String,
-    /// Output size in pixels.
-    #[arg(long, default_value = "1280x800", value_parser = parse_size)]
-    pub size: (i32, i32),
-    /// Output scale (integer).
-    #[arg(long, default_value_t = 1)]
-    pub scale: i32,
-    /// Refresh rate in Hz; frame callbacks follow it.
-    #[arg(long, default_value_t = 60)]
-    pub refresh: u32,
-    /// How toplevels are placed.
-    #[arg(long, value_enum, default_value_t)]
-    pub placement: crate::headless::Placement,
-    /// dmabuf formats to advertise, most preferred first:
-    /// FOURCC:MODIFIER[:scanout],... (e.g. XR24:linear:scanout,AR24:0x100000000000001).
-    /// Default: a table shaped like an Intel GPU's.
-    #[arg(long, value_name = "SPEC")]
-    pub dmabuf_formats: Option<String>,
-    /// Control socket for screenshots and counters from other processes
-    /// (default: the Wayland socket's path with ".control" appended).
-    #[arg(long, value_name = "PATH")]
-    pub control: Option<PathBuf>,
-    /// Write a PNG of the output after --after milliseconds, then exit.
-    #[arg(long, value_name = "PATH")]
-    pub screenshot: Option<PathBuf>,
-    /// Milliseconds to wait before --screenshot.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
-    pub after: u64,
-}
-
-fn parse_size(s: &str) -> Result<(i32, i32), String> {
-    let (w, h) = s.split_once('x').ok_or("expected WIDTHxHEIGHT")?;
-    let parse = |v: &str| v.parse::<i32>().ok().filter(|v| (1..=16384).contains(v));
-    match (parse(w), parse(h)) {
-        (Some(w), Some(h)) => Ok((w, h)),
-        _ => Err(format!("{s:?} is not a size between 1x1 and 16384x16384")),
-    }
 }
 
 /// Options of `demo`.
@@ -101,7 +57,7 @@ pub struct DemoArgs {
     #[arg(long)]
     pub host: bool,
     /// Output size of the embedded headless compositor.
-    #[arg(long, default_value = "1280x800", value_parser = parse_size, conflicts_with = "host")]
+    #[arg(long, default_value = "1280x800", value_parser = crossway_headless::command::parse_size, conflicts_with = "host")]
     pub size: (i32, i32),
     /// The VM's name: the host sees titles `[NAME] …` and app ids `NAME.…`.
     #[arg(long, value_name = "NAME", default_value = "demo")]

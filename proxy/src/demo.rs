@@ -674,7 +674,7 @@ pub struct HostToplevel {
 
 fn host_toplevels(control: &Path) -> Result<Vec<HostToplevel>> {
     let value =
-        crate::headless::control::request(control, &serde_json::json!({ "toplevels": null }))?;
+        crossway_headless::control::request(control, &serde_json::json!({ "toplevels": null }))?;
     Ok(serde_json::from_value(value)?)
 }
 
@@ -695,8 +695,10 @@ impl HostView {
         }
         // The compositor writes the file: give it a path that does not depend on its cwd.
         let png = std::path::absolute(png).unwrap_or_else(|_| png.to_owned());
-        match crate::headless::control::request(control, &serde_json::json!({ "screenshot": png }))
-        {
+        match crossway_headless::control::request(
+            control,
+            &serde_json::json!({ "screenshot": png }),
+        ) {
             Ok(_) => view.screenshot = true,
             Err(e) => view.error = Some(format!("screenshot: {e:#}")),
         }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result};
 use tracing::{info, warn};
 
-use crate::headless::{Headless, HeadlessConfig, SocketSpec};
 use crate::host::{HostConnector, HostInfo, ProbeLimits, SecurityContextSpec};
+use crossway_headless::{Headless, HeadlessConfig, SocketSpec};
 use crossway_relay::{RelayConfig, VmStats};
 
 /// The security-context app id of a VM started without `--vm-name`.
@@ -77,7 +77,7 @@ impl RelaySetup {
                 dir.join("headless-0"),
             )))?);
             let control = dir.join("headless-0.control");
-            crate::headless::control::serve(h.clone(), &control)?;
+            crossway_headless::control::serve(h.clone(), &control)?;
             (
                 HostConnector::new(h.socket_path().to_path_buf()),
                 Some(h),

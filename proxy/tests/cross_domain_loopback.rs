@@ -10,12 +10,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossway_headless::{Headless, HeadlessConfig, SocketSpec};
 use crossway_protocols::cross_domain::{self, CrossDomainImageRequirements, RingMessage};
 use crossway_protocols::tables::ProtocolTable;
 use crossway_protocols::virtgpu::*;
 use crossway_protocols::wire::{self, Arg, ObjectId};
 use crossway_proxy::cross_domain::CrossDomainFactory;
-use crossway_proxy::headless::{Headless, HeadlessConfig, SocketSpec};
 use crossway_proxy::host::HostConnector;
 use crossway_relay::{RelayConfig, VmStats};
 use crossway_virtio::blob::ExportMode;

@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crossway_proxy::headless::ToplevelMatch;
+use crossway_headless::ToplevelMatch;
 use crossway_tests::{Process, Runtime, workspace_binary};
 
 fn main() {

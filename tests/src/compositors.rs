@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use crossway_proxy::headless::Image;
+use crossway_headless::Image;
 use wayland_client::protocol::{wl_registry, wl_seat};
 use wayland_protocols_misc::zwp_virtual_keyboard_v1::client::{
     zwp_virtual_keyboard_manager_v1 as vk_manager, zwp_virtual_keyboard_v1 as vk,
@@ -483,7 +483,7 @@ impl Host {
                     .as_ref()
                     .context("headless announced no control")?;
                 let png = dir.join("shot.png");
-                crossway_proxy::headless::control::request(
+                crossway_headless::control::request(
                     control,
                     &serde_json::json!({ "screenshot": png }),
                 )?;
@@ -529,7 +529,7 @@ impl Host {
                     .control
                     .as_ref()
                     .context("headless announced no control")?;
-                let list = crossway_proxy::headless::control::request(
+                let list = crossway_headless::control::request(
                     control,
                     &serde_json::json!({ "toplevels": null }),
                 )?;

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use crossway_proxy::headless::{Headless, HeadlessConfig, SocketSpec};
+use crossway_headless::{Headless, HeadlessConfig, SocketSpec};
 
 pub mod rutabaga;
 

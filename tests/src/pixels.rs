@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use crossway_proxy::headless::Image;
-use crossway_proxy::headless::control::request;
+use crossway_headless::Image;
+use crossway_headless::control::request;
 use serde_json::{Value, json};
 
 use crate::eventually;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crossway_proxy::headless::Image;
+use crossway_headless::Image;
 use crossway_tests::{Process, Runtime, eventually, workspace_binary};
 
 fn demo(rt: &Runtime, out: &Path, extra: &[&str]) -> anyhow::Result<Process> {
@@ -202,10 +202,8 @@ fn demo_host_mode_shows_the_window_on_wayland_display() -> anyhow::Result<()> {
     );
     assert!(!out.join("screenshot.png").exists());
     // The desktop's compositor had the guest's client (the probe plus the window's).
-    let host = crossway_proxy::headless::control::request(
-        &control,
-        &serde_json::json!({ "stats": null }),
-    )?;
+    let host =
+        crossway_headless::control::request(&control, &serde_json::json!({ "stats": null }))?;
     assert!(host["clients"].as_u64().unwrap() >= 1, "{host}");
     assert!(host["shm_commits"].as_u64().unwrap() > 0, "{host}");
     Ok(())

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crossway_proxy::headless::Image;
+use crossway_headless::Image;
 use crossway_tests::{Process, Runtime, require, workspace_binary};
 
 /// Runs the demo with `args`; returns stdout, stats.json and the screenshot.

@@ -8,8 +8,8 @@ use std::io::{Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
+use crossway_headless::control::request;
 use crossway_protocols::wire::{self, Arg, ObjectId};
-use crossway_proxy::headless::control::request;
 use crossway_tests::{Process, ProxyProcess, Runtime};
 use serde_json::json;
 

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crossway_proxy::headless::control::request;
+use crossway_headless::control::request;
 use crossway_tests::{Process, ProxyProcess, Runtime, paste, require};
 use serde_json::json;
 
@@ -71,7 +71,7 @@ fn foot_renders_through_filter() {
             &json!({"toplevel_screenshot": {"title": "[clip] foot-filtered", "path": png}}),
         )
         .ok()
-        .and_then(|_| crossway_proxy::headless::Image::load_png(&png).ok());
+        .and_then(|_| crossway_headless::Image::load_png(&png).ok());
         if let Some(image) = shot {
             let distinct: std::collections::HashSet<_> = image.rgba.chunks(4).collect();
             colours = distinct.len();

@@ -6,7 +6,7 @@
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
-use crossway_proxy::headless::DmabufConfig;
+use crossway_headless::DmabufConfig;
 use crossway_proxy::host::{HostConnector, HostError, HostInfo, ProbeLimits};
 use crossway_tests::Runtime;
 

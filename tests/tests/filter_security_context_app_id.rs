@@ -4,7 +4,7 @@
 //! `--no-security-context` connects directly.
 #![allow(clippy::unwrap_used)] // a failed unwrap is the test failure
 
-use crossway_proxy::headless::control::request;
+use crossway_headless::control::request;
 use crossway_tests::{Process, ProxyProcess, Runtime};
 use serde_json::{Value, json};
 

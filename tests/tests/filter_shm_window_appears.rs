@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use crossway_proxy::headless::Image;
-use crossway_proxy::headless::control::request;
+use crossway_headless::Image;
+use crossway_headless::control::request;
 use crossway_tests::{Process, ProxyProcess, Runtime, require};
 use serde_json::{Value, json};
 

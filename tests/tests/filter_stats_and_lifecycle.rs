@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crossway_proxy::headless::control::request;
+use crossway_headless::control::request;
 use crossway_tests::{Process, ProxyProcess, Runtime, require};
 use serde_json::{Value, json};
 

@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crossway_proxy::headless::Image;
-use crossway_proxy::headless::control::request;
+use crossway_headless::Image;
+use crossway_headless::control::request;
 use crossway_tests::{Process, Runtime, workspace_binary};
 use serde_json::json;
 

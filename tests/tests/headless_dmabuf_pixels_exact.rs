@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crossway_proxy::headless::{Image, ToplevelMatch};
+use crossway_headless::{Image, ToplevelMatch};
 use crossway_tests::{Process, Runtime, pixels};
 
 fn assert_exact(image: &Image, w: u32, h: u32) {

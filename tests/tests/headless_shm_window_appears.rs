@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crossway_proxy::headless::ToplevelMatch;
+use crossway_headless::ToplevelMatch;
 use crossway_tests::{Process, Runtime, require};
 
 #[test]

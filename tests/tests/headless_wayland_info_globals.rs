@@ -4,12 +4,10 @@
 
 use std::time::Duration;
 
-use crossway_proxy::headless::DmabufConfig;
+use crossway_headless::DmabufConfig;
 use crossway_tests::{Process, Runtime, require};
 
-fn wayland_info(
-    configure: impl FnOnce(&mut crossway_proxy::headless::HeadlessConfig),
-) -> Option<String> {
+fn wayland_info(configure: impl FnOnce(&mut crossway_headless::HeadlessConfig)) -> Option<String> {
     let program = require("wayland_info", "wayland-info", "wayland-utils")?;
     let rt = Runtime::new().unwrap();
     let headless = rt.headless_with("info", configure).unwrap();

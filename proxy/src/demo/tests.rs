@@ -301,7 +301,7 @@ fn supervised_reports_its_own_exit_status() {
 
 #[test]
 fn measure_latency_times_sync_round_trips_against_a_compositor() {
-    use crate::headless::{Headless, HeadlessConfig, SocketSpec};
+    use crossway_headless::{Headless, HeadlessConfig, SocketSpec};
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("w");
     let h = Headless::start(HeadlessConfig::new(SocketSpec::Path(socket.clone()))).unwrap();

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use crossway_proxy::headless::Image;
+use crossway_headless::Image;
 use crossway_tests::pixels::opaque;
 
 /// Draws a bar chart PNG from `PANEL<TAB>BAR<TAB>VALUE` lines on stdin.

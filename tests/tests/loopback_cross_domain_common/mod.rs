@@ -267,8 +267,7 @@ pub fn window_on(
         Err(e) => {
             release(&hold);
             let (out, err) = guest.finish();
-            let all =
-                crossway_proxy::headless::control::request(&control, &json!({"toplevels": null}));
+            let all = crossway_headless::control::request(&control, &json!({"toplevels": null}));
             panic!(
                 "{e:#}\ntoplevels: {all:?}\nstdout:\n{out}\nstderr:\n{err}\nserver log:\n{}",
                 server.log_text()

@@ -1,4 +1,4 @@
-//! The embedded headless compositor: a real Wayland compositor (smithay, pixman software
+//! `crossway-headless`: the embedded headless compositor, a real Wayland compositor (smithay, pixman software
 //! rendering) with no screen, for the demo, for end-to-end tests and for "run guest apps in CI
 //! and check what they drew".
 //!
@@ -12,6 +12,7 @@
 //! toplevel, capture the output or one toplevel as RGBA, and read counters. Processes that do
 //! not share the address space use the control socket ([`control`]).
 
+pub mod command;
 pub mod control;
 pub mod dmabuf;
 mod mapping;
