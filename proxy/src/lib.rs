@@ -13,7 +13,6 @@
 
 pub mod cli;
 pub mod cross_domain;
-pub mod demo;
 pub mod fdstream;
 pub mod filter;
 pub mod host;
@@ -32,7 +31,7 @@ pub fn run(cli: Cli) -> Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     match cli.command {
-        Some(Command::Demo(args)) => return demo::run(args),
+        Some(Command::Demo(args)) => return crossway_demo::run(args),
         Some(Command::Serve(args)) => serve::serve(args),
         Some(Command::Headless(args)) => crossway_headless::command::run(args),
         Some(Command::Filter(args)) => filter::run(args),

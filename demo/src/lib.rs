@@ -1,4 +1,4 @@
-//! `crossway-proxy demo`: the whole chain, each part its own process over real sockets, a guest
+//! `crossway-demo`: `crossway-proxy demo`, the whole chain, each part its own process over real sockets, a guest
 //! app's window on a host compositor, and what it cost.
 //!
 //! ```text
@@ -17,6 +17,8 @@
 //! SIGTERM, then SIGKILL after a grace period, the VM's whole process group included. The
 //! private directory T goes last, on every way out.
 
+mod args;
+
 use std::ffi::{OsStr, OsString};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -29,7 +31,8 @@ use anyhow::{Context as _, Result, bail};
 use rustix::process::{Pid, Signal};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::DemoArgs;
+pub use args::DemoArgs;
+
 use crossway_relay::stats::VmSnapshot;
 
 /// How long a child has between SIGTERM and SIGKILL.
@@ -567,7 +570,7 @@ impl Demo {
         let stats_path = self.args.out.join("stats.json");
         std::fs::write(&stats_path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", stats_path.display()))?;
-        crate::write_stdout(&report.summary(&self.args.out))?;
+        write_stdout(&report.summary(&self.args.out))?;
         Ok(match end {
             AppEnd::StoppedAfterRun | AppEnd::Exited(0) => ExitCode::SUCCESS,
             AppEnd::Interrupted => ExitCode::from(130),
@@ -1231,3 +1234,11 @@ pub fn human_bytes(n: f64) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// A command's real output goes to stdout; logs go to stderr.
+fn write_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}

@@ -21,10 +21,13 @@ fn snapshot(frames: u64, copied: u64, to_host: u64, to_guest: u64) -> VmSnapshot
 
 fn args() -> DemoArgs {
     use clap::Parser as _;
-    match crate::Cli::parse_from(["crossway-proxy", "demo"]).command {
-        Some(crate::Command::Demo(a)) => a,
-        other => panic!("{other:?}"),
+    /// `crossway-proxy demo` with no options.
+    #[derive(clap::Parser)]
+    struct Demo {
+        #[command(flatten)]
+        args: DemoArgs,
     }
+    Demo::parse_from(["demo"]).args
 }
 
 #[test]
