@@ -12,7 +12,7 @@
 use crossway_virtio::context::NullContextFactory;
 use crossway_virtio::device::{DeviceConfig, GpuDevice, Limits};
 use crossway_virtio::fence::FenceSignaler;
-use crossway_virtio::memfd::Memfd;
+use crossway_sys::memfd::Memfd;
 use crossway_virtio::memory::{GuestMem, GuestMemHandle};
 use libfuzzer_sys::fuzz_target;
 use vm_memory::{FileOffset, GuestAddress};

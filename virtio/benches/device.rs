@@ -13,11 +13,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use crossway_sys::memfd::Memfd;
 use crossway_virtio::blob::{BlobExporter, ExportMode};
 use crossway_virtio::context::NullContextFactory;
 use crossway_virtio::device::{DeviceConfig, GpuDevice};
 use crossway_virtio::fence::FenceSignaler;
-use crossway_virtio::memfd::Memfd;
 use crossway_virtio::memory::{Backing, GuestMem};
 use crossway_virtio::protocol::*;
 use crossway_virtio::queue::process_queue;

@@ -7,10 +7,10 @@
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use crate::memfd::{Memfd, MemfdError};
 use crate::memory::{Backing, GuestMem, MemoryError};
 use crate::stats::DeviceStats;
 use crate::udmabuf::{Udmabuf, UdmabufError, UdmabufItem};
+use crossway_sys::memfd::{Memfd, MemfdError};
 
 /// Which export path to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

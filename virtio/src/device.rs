@@ -1219,7 +1219,7 @@ mod map_access_tests {
     use std::os::fd::AsFd;
 
     use super::fd_writable;
-    use crate::memfd::Memfd;
+    use crossway_sys::memfd::Memfd;
 
     #[test]
     fn fd_writable_follows_access_mode_and_write_seals() {

@@ -19,7 +19,6 @@ pub mod device;
 pub mod edid;
 pub mod fence;
 pub mod loopback;
-pub mod memfd;
 pub mod memory;
 pub mod protocol;
 pub mod queue;

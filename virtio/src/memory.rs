@@ -248,7 +248,7 @@ impl RawOf for BorrowedFd<'_> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::memfd::Memfd;
+    use crossway_sys::memfd::Memfd;
     use vm_memory::FileOffset;
 
     /// Guest memory of `size` bytes at 0 backed by a sealed memfd, as QEMU shares it.

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 
 use vhost::vhost_user::Listener;
 
-use crate::loopback::fdpass::{MAX_FDS, read_exact_with_fds, send_all_with_fds};
+use crossway_sys::fdpass::{MAX_FDS, read_exact_with_fds, send_all_with_fds};
 
 /// The running relay.
 #[derive(Debug)]

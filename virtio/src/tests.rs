@@ -18,11 +18,11 @@ use crate::blob::ExportMode;
 use crate::context::*;
 use crate::device::*;
 use crate::fence::FenceSignaler;
-use crate::memfd::Memfd;
 use crate::memory::GuestMem;
 use crate::memory::tests::memfd_guest;
 use crate::protocol::*;
 use crate::queue::process_queue;
+use crossway_sys::memfd::Memfd;
 
 const REQ_BASE: u64 = 0x10_0000;
 const RESP_BASE: u64 = 0x80_0000;

@@ -111,8 +111,8 @@ impl Udmabuf {
     pub fn create_list(&self, items: &[UdmabufItem<'_>]) -> Result<OwnedFd, UdmabufError> {
         self.check(items)?;
         for it in items {
-            let s = crate::memfd::seals(&it.fd).map_err(|_| UdmabufError::Unsealed)?;
-            if s & crate::memfd::F_SEAL_SHRINK == 0 || s & libc::F_SEAL_WRITE != 0 {
+            let s = crossway_sys::memfd::seals(&it.fd).map_err(|_| UdmabufError::Unsealed)?;
+            if s & crossway_sys::memfd::F_SEAL_SHRINK == 0 || s & libc::F_SEAL_WRITE != 0 {
                 return Err(UdmabufError::Unsealed);
             }
         }

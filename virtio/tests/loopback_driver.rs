@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crossway_protocols::virtgpu::*;
+use crossway_sys::memfd::Memfd;
 use crossway_virtio::blob::ExportMode;
 use crossway_virtio::context::{
     Context, ContextError, ContextFactory, ContextResources, CtxId, FenceStatus, HostBlob,
@@ -28,7 +29,6 @@ use crossway_virtio::loopback::wire::{self, Request, Writer};
 use crossway_virtio::loopback::{
     LoopbackClient, LoopbackFile, LoopbackServer, LoopbackVm, ServerConfig,
 };
-use crossway_virtio::memfd::Memfd;
 
 struct TestContext {
     ctx: u32,

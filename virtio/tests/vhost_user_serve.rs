@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use crossway_sys::memfd::Memfd;
 use crossway_virtio::backend::{Endpoint, ServeConfig, serve};
 use crossway_virtio::blob::ExportMode;
 use crossway_virtio::context::NullContextFactory;
 use crossway_virtio::device::DeviceConfig;
-use crossway_virtio::memfd::Memfd;
 use crossway_virtio::protocol::*;
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};

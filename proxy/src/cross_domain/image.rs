@@ -9,7 +9,7 @@
 use std::os::fd::OwnedFd;
 
 use crossway_protocols::cross_domain::{CrossDomainImageRequirements, map_info};
-use crossway_virtio::memfd::Memfd;
+use crossway_sys::memfd::Memfd;
 
 /// `DRM_FORMAT_MOD_LINEAR`.
 pub const DRM_FORMAT_MOD_LINEAR: u64 = 0;

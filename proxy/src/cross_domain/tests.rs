@@ -14,8 +14,8 @@ use crossway_protocols::cross_domain::{
     CROSS_DOMAIN_ID_TYPE_READ_PIPE, CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB,
     CROSS_DOMAIN_ID_TYPE_WRITE_PIPE, Identifier, RingMessage, encode,
 };
+use crossway_sys::memfd::Memfd;
 use crossway_virtio::context::{ExportedFd, GuestWriter, ResourceInfo};
-use crossway_virtio::memfd::Memfd;
 use crossway_virtio::memory::{Backing, GuestMemHandle};
 use crossway_virtio::protocol::virtio_gpu_mem_entry;
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};

@@ -501,7 +501,7 @@ fn completion_loop(weak: std::sync::Weak<Shared>) {
         use std::os::fd::AsRawFd;
         let Some(shared) = weak.upgrade() else { return };
         let st = lock(&shared);
-        match crate::loopback::fdpass::dup_raw(st.vmm.call[0].as_raw_fd()) {
+        match crossway_sys::fdpass::dup_raw(st.vmm.call[0].as_raw_fd()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "duplicating the call eventfd");

@@ -22,9 +22,9 @@ use vmm_sys_util::eventfd::EventFd;
 use zerocopy::FromBytes;
 
 use crate::loopback::vring::{Vring, VringLayout};
-use crate::memfd::Memfd;
 use crate::memory::GuestMem;
 use crate::protocol::*;
+use crossway_sys::memfd::Memfd;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -101,7 +101,7 @@ impl VhostUserFrontendReqHandler for Window {
             return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
         }
         // The fd is only lent for the duration of this call: keep a duplicate.
-        let owned = crate::loopback::fdpass::dup_raw(fd.as_raw_fd())?;
+        let owned = crossway_sys::fdpass::dup_raw(fd.as_raw_fd())?;
         let (shm_offset, fd_offset, len, flags) =
             (req.shm_offset, req.fd_offset, req.len, req.flags);
         tracing::debug!(

@@ -171,7 +171,7 @@ impl Drop for Mapping {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memfd::Memfd;
+    use crossway_sys::memfd::Memfd;
     use std::os::fd::AsFd;
 
     #[test]

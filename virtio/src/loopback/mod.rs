@@ -10,7 +10,7 @@
 //!
 //! [`frontend`] is the VMM half, [`vring`] the driver's split rings, [`driver`] the ioctls
 //! ([`driver::LoopbackFile`] implements `crossway_protocols::virtgpu::VirtGpu`), [`mmap`] the
-//! blob mappings (the only `unsafe` besides [`fdpass`]). [`server`] serves device files to
+//! blob mappings (the only `unsafe`). [`server`] serves device files to
 //! other processes over a Unix socket ([`wire`] is its protocol; any [`ServedDevice`] can be
 //! served, not only this VM), and [`client`] is their side
 //! ([`client::LoopbackClient`] implements `VirtGpu` too). [`uapi`] holds the driver's checks
@@ -18,7 +18,6 @@
 
 pub mod client;
 pub mod driver;
-pub mod fdpass;
 pub mod frontend;
 pub mod mmap;
 pub mod server;

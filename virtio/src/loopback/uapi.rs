@@ -7,7 +7,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crossway_protocols::virtgpu::*;
 
-use crate::memfd::Memfd;
+use crossway_sys::memfd::Memfd;
 
 /// A file's context as `CONTEXT_INIT` asked for it (unset params are 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -44,7 +44,7 @@ use std::sync::Mutex;
 
 use crossway_protocols::virtgpu::{VirtGpuError, drm_virtgpu_context_set_param};
 
-use crate::loopback::fdpass;
+use crossway_sys::fdpass;
 
 /// First word of the hello.
 pub const MAGIC: [u8; 4] = *b"CWVG";
@@ -628,7 +628,7 @@ mod tests {
     #[test]
     fn frame_with_fd_arrives_with_its_fd_and_oversize_is_refused() {
         let (a, b) = UnixStream::pair().unwrap();
-        let m = crate::memfd::Memfd::new("t", 4096).unwrap();
+        let m = crossway_sys::memfd::Memfd::new("t", 4096).unwrap();
         let big = vec![7u8; 300_000];
         let reader = std::thread::spawn(move || {
             let f = recv_frame(b.as_fd(), 1 << 20).unwrap();

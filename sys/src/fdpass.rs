@@ -1,5 +1,5 @@
-//! Descriptor passing for this crate's blocking Unix-stream protocols (the loopback socket in
-//! [`super::wire`], the vhost-user relay in `relay.rs`): whole buffers with `SCM_RIGHTS` fds
+//! Descriptor passing for Crossway's blocking Unix-stream protocols
+//! (the loopback VM's socket, the vhost-user relay): whole buffers with `SCM_RIGHTS` fds
 //! riding on their first byte, through rustix's safe API; plus taking ownership of fds the
 //! vhost crate lends as raw numbers.
 
