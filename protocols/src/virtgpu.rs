@@ -309,7 +309,7 @@ pub const LOOPBACK_ADDRESS_PREFIX: &str = "loopback:";
 /// - `/dev/dri/renderD128` (any absolute path without a prefix): a real render node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VirtGpuAddress {
-    /// The Unix socket of a loopback VM (`crossway_virtio::loopback::LoopbackClient`).
+    /// The Unix socket of a loopback VM (`crossway_loopback::LoopbackClient`).
     Loopback(std::path::PathBuf),
     /// A DRM render node opened with real ioctls.
     RenderNode(std::path::PathBuf),

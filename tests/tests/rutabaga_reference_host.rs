@@ -16,11 +16,11 @@ use std::os::fd::AsFd as _;
 use std::time::{Duration, Instant};
 
 use crossway_agent::channel::{Channel, ChannelConfig, ChannelError, ChannelMessage, SendId};
+use crossway_loopback::LoopbackClient;
 use crossway_protocols::cross_domain::gbm_flags;
 use crossway_protocols::virtgpu::*;
 use crossway_tests::rutabaga::RutabagaHost;
 use crossway_tests::{Process, Runtime, require};
-use crossway_virtio::loopback::LoopbackClient;
 use loopback_cross_domain_common::{
     Host, Server, assert_bad_outcome, assert_host_blob_window, assert_keymap, assert_pasted,
     headless, host_selection, run_guest_ok, window_on,

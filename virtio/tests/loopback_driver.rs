@@ -16,6 +16,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crossway_loopback::LoopbackClient;
+use crossway_loopback::wire::{self, Request, Writer};
 use crossway_protocols::virtgpu::*;
 use crossway_sys::memfd::Memfd;
 use crossway_virtio::blob::ExportMode;
@@ -25,10 +27,7 @@ use crossway_virtio::context::{
 };
 use crossway_virtio::device::DeviceConfig;
 use crossway_virtio::fence::FenceSignaler;
-use crossway_virtio::loopback::wire::{self, Request, Writer};
-use crossway_virtio::loopback::{
-    LoopbackClient, LoopbackFile, LoopbackServer, LoopbackVm, ServerConfig,
-};
+use crossway_virtio::loopback::{LoopbackFile, LoopbackServer, LoopbackVm, ServerConfig};
 
 struct TestContext {
     ctx: u32,

@@ -1,7 +1,7 @@
 //! `crossway-rutabaga-host --socket PATH --wayland-display PATH|NAME`: the reference host for
 //! interop tests. It serves the virtgpu API that guest programs reach with
 //! `CROSSWAY_VIRTGPU=loopback:PATH` (the loopback socket protocol,
-//! `crossway_virtio::loopback::wire`, served by the same `LoopbackServer`), but the device
+//! `crossway_loopback::wire`, served by the same `LoopbackServer`), but the device
 //! behind it is `rutabaga_gfx`'s cross-domain context (crates.io, default features, no GPU) —
 //! the implementation crosvm and libkrun ship — instead of our device and proxy:
 //!
@@ -51,8 +51,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
+use crossway_loopback::mmap::{Mapping, Piece};
 use crossway_protocols::virtgpu::*;
-use crossway_virtio::loopback::mmap::{Mapping, Piece};
 use crossway_virtio::loopback::server::map_served;
 use crossway_virtio::loopback::uapi::{PrimeTokens, capset_mask, context_params, copy_capset};
 use crossway_virtio::loopback::{LoopbackServer, ServedDevice, ServedFile, ServerConfig};

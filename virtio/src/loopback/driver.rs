@@ -36,10 +36,10 @@ use vm_memory::{Bytes, GuestAddress};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::loopback::frontend::{FrontendError, PAGE, RING_AREA, RamConfig, Vmm};
-use crate::loopback::mmap::{Mapping, Piece};
 use crate::loopback::uapi::{PrimeTokens, capset_mask, context_params, copy_capset};
 use crate::loopback::vring::Buffer;
 use crate::protocol::*;
+use crossway_loopback::mmap::{Mapping, Piece};
 
 /// Limits and sizes of a loopback VM.
 #[derive(Debug, Clone, Copy)]

@@ -9,22 +9,19 @@
 //! ```
 //!
 //! [`frontend`] is the VMM half, [`vring`] the driver's split rings, [`driver`] the ioctls
-//! ([`driver::LoopbackFile`] implements `crossway_protocols::virtgpu::VirtGpu`), [`mmap`] the
-//! blob mappings (the only `unsafe`). [`server`] serves device files to
-//! other processes over a Unix socket ([`wire`] is its protocol; any [`ServedDevice`] can be
-//! served, not only this VM), and [`client`] is their side
-//! ([`client::LoopbackClient`] implements `VirtGpu` too). [`uapi`] holds the driver's checks
-//! and PRIME tokens that other userspace devices serving the same API reuse.
+//! ([`driver::LoopbackFile`] implements `crossway_protocols::virtgpu::VirtGpu`). [`server`]
+//! serves device files to other processes over a Unix socket (`crossway_loopback::wire` is its
+//! protocol; any [`ServedDevice`] can be served, not only this VM); the guest side of that
+//! socket, `crossway_loopback::LoopbackClient`, and the blob mappings both sides use
+//! (`crossway_loopback::mmap`) live in the small `crossway-loopback` crate, so guest programs
+//! link none of the device. [`uapi`] holds the driver's checks and PRIME tokens that other
+//! userspace devices serving the same API reuse.
 
-pub mod client;
 pub mod driver;
 pub mod frontend;
-pub mod mmap;
 pub mod server;
 pub mod uapi;
 pub mod vring;
-pub mod wire;
 
-pub use client::LoopbackClient;
 pub use driver::{LoopbackConfig, LoopbackFile, LoopbackVm};
 pub use server::{LoopbackServer, ServedDevice, ServedFile, ServerConfig};

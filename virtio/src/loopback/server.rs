@@ -26,8 +26,8 @@ use std::time::Duration;
 use crossway_protocols::virtgpu::{VirtGpu, VirtGpuError, drm_virtgpu_execbuffer};
 
 use crate::loopback::driver::{LoopbackFile, LoopbackVm};
-use crate::loopback::mmap::{Mapping, Piece};
-use crate::loopback::wire::{
+use crossway_loopback::mmap::{Mapping, Piece};
+use crossway_loopback::wire::{
     self, Frame, Request, STATUS_ERR, STATUS_OK, WireError, Writer, encode_error,
 };
 

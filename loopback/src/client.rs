@@ -1,6 +1,7 @@
 //! The guest program's side of the loopback socket: [`LoopbackClient`] implements
-//! `crossway_protocols::virtgpu::VirtGpu` by sending each call to a [`super::server`] (protocol
-//! in [`super::wire`]) and mapping the descriptors it answers with.
+//! `crossway_protocols::virtgpu::VirtGpu` by sending each call to the loopback VM's server
+//! (`crossway_virtio::loopback::server`, protocol in [`crate::wire`]) and mapping the
+//! descriptors it answers with.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -8,8 +9,8 @@ use std::path::Path;
 
 use crossway_protocols::virtgpu::*;
 
-use crate::loopback::mmap::{Mapping, Piece};
-use crate::loopback::wire::{self, Reader, Request, STATUS_ERR, STATUS_OK, WireError};
+use crate::mmap::{Mapping, Piece};
+use crate::wire::{self, Reader, Request, STATUS_ERR, STATUS_OK, WireError};
 
 /// Largest reply a client accepts, whatever the server announces.
 const CLIENT_MAX_MESSAGE: usize = 16 << 20;

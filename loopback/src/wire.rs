@@ -1,6 +1,6 @@
 //! The loopback socket protocol: each `VirtGpu` call of a guest program in another process, and
 //! its answer, as one frame on a Unix stream socket, with file descriptors passed by
-//! `SCM_RIGHTS` ([`super::fdpass`]).
+//! `SCM_RIGHTS` (`crossway_sys::fdpass`).
 //!
 //! One connection is one open device file (one DRM fd: at most one context, its own GEM
 //! handles and event queue), as with the kernel.
