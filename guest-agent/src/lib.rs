@@ -8,12 +8,10 @@
 //! - [`channel`]: one cross-domain Wayland channel over the virtgpu uAPI.
 //! - `device`: the virtgpu device a channel opens (a render node with real ioctls, or the
 //!   loopback VM's socket).
-//! - `damage`: what of a `wl_shm` buffer changed since it was last copied into its blob.
 //! - `relay`: the wire-level relay of one guest client (I/O-free), `server`: the listening
 //!   socket and one thread per client.
 
 pub mod channel;
-pub mod damage;
 pub mod device;
 pub mod drm;
 pub mod relay;

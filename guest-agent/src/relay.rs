@@ -44,7 +44,9 @@ use crossway_protocols::virtgpu::{VirtGpu, VirtGpuMapping};
 use crossway_protocols::wire::{self, Arg, Message, ObjectId};
 
 use crate::channel::{Blob, Channel, ChannelError, HostItem, HostItemKind, SendId};
-use crate::damage::{BufferLayout, Rect, Region, StaleTracker, SurfaceDamage, copy_ranges};
+use crossway_protocols::damage::{
+    BufferLayout, Rect, Region, StaleTracker, SurfaceDamage, copy_ranges,
+};
 
 /// `wl_display.error` codes.
 mod code {
@@ -992,7 +994,7 @@ impl<D: VirtGpu> Session<D> {
         let Some(p) = self.pools.get(&pool) else {
             return Err(client_err(pool, code::INVALID_OBJECT, "unknown pool"));
         };
-        let bpp = crate::damage::shm_bytes_per_pixel(format).ok_or_else(|| {
+        let bpp = crossway_protocols::damage::shm_bytes_per_pixel(format).ok_or_else(|| {
             client_err(pool, 0, format!("wl_shm format {format:#x} not supported"))
         })?;
         let layout = BufferLayout {
@@ -1744,7 +1746,7 @@ fn is_fifo(fd: BorrowedFd<'_>) -> bool {
 
 /// Bytes per pixel of single-plane RGB DRM fourccs a copied dmabuf may use.
 fn fourcc_bytes_per_pixel(fourcc: u32) -> Option<u32> {
-    crate::damage::shm_bytes_per_pixel(fourcc).filter(|_| fourcc > 1)
+    crossway_protocols::damage::shm_bytes_per_pixel(fourcc).filter(|_| fourcc > 1)
 }
 
 /// Where the bytes of `ranges` (in a buffer laid out as `src`) go in the same buffer laid out

@@ -14,6 +14,8 @@
 //! - [`objects`]: a connection's object map (ids, interfaces, versions, lifetimes).
 //! - [`cross_domain`]: the virtio-gpu cross-domain context's structs and command decoder.
 //! - [`dmabuf`]: linux-dmabuf format tables, tranches and preference lists.
+//! - [`damage`]: which bytes of a buffer changed (surface and buffer damage through viewport,
+//!   scale and transform, and what each rotating buffer missed since it was last copied).
 //! - [`capset`]: the Crossway capset, the host's formats and features for the guest.
 //! - [`virtgpu`]: the guest's virtgpu DRM uAPI as a trait (real ioctls or the loopback VM).
 
@@ -21,6 +23,7 @@
 
 pub mod capset;
 pub mod cross_domain;
+pub mod damage;
 pub mod dmabuf;
 pub mod objects;
 pub mod tables;

@@ -1,5 +1,5 @@
-//! What of a `wl_shm` buffer changed since the agent last copied it into its guest blob, and the
-//! byte ranges of the client's pool to copy for it (I/O-free).
+//! What of a buffer changed since it was last copied (by the agent into its guest blob, or by
+//! the proxy into its host memfd), and the byte ranges of the source memory to copy for it.
 //!
 //! ```text
 //!  wl_surface.damage / damage_buffer / set_buffer_transform / set_buffer_scale,
