@@ -1,4 +1,4 @@
-//! The guest agent's relay (`crossway_agent::relay::Session`) over an in-memory virtgpu device,
+//! The guest agent's relay (`crossway_agent::session::Session`) over an in-memory virtgpu device,
 //! fed a guest client's bytes and fds and the host's RECEIVEs and READs, split anywhere: it must
 //! never panic, what it queues for the client must frame into whole messages with ordered fd
 //! offsets, every SEND must fit the channel and name live resources only, and once the session
@@ -29,7 +29,7 @@ use std::rc::Rc;
 use std::sync::{Arc, LazyLock};
 
 use crossway_agent::channel::{Channel, ChannelConfig, HostItem, HostItemKind};
-use crossway_agent::relay::{AgentStats, Session, SessionConfig, SessionError, SessionLimits};
+use crossway_agent::session::{AgentStats, Session, SessionConfig, SessionError, SessionLimits};
 use crossway_protocols::capset::{CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND, CrosswayCaps};
 use crossway_protocols::cross_domain::{
     CAPSET_CROSS_DOMAIN, CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB, CROSS_DOMAIN_MAX_IDENTIFIERS,

@@ -8,14 +8,14 @@
 //! - [`channel`]: one cross-domain Wayland channel over the virtgpu uAPI.
 //! - `device`: the virtgpu device a channel opens (a render node with real ioctls, or the
 //!   loopback VM's socket).
-//! - `relay`: the wire-level relay of one guest client (I/O-free), `server`: the listening
-//!   socket and one thread per client.
+//! - [`session`]: the wire-level relay of one guest client (it translates fds into resources;
+//!   no socket I/O), `server`: the listening socket and one thread per client.
 
 pub mod channel;
 pub mod device;
 pub mod drm;
-pub mod relay;
 pub mod server;
+pub mod session;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,8 +26,8 @@ use clap::Parser;
 
 use crate::channel::ChannelConfig;
 use crate::device::{AgentDevice, DeviceSpec};
-use crate::relay::{AgentStats, SessionConfig, SessionLimits};
 use crate::server::{BoundSocket, Shared};
+use crate::session::{AgentStats, SessionConfig, SessionLimits};
 
 /// Guest side of Crossway: the Wayland display of apps inside a VM, forwarded to the host.
 #[derive(Debug, Parser)]

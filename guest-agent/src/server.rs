@@ -24,7 +24,7 @@ use rustix::net::{
 };
 
 use crate::channel::{Channel, ChannelConfig, ChannelMessage};
-use crate::relay::{AgentStats, Session, SessionConfig, SessionError};
+use crate::session::{AgentStats, Session, SessionConfig, SessionError};
 
 /// Most fds in one `sendmsg` to a client (libwayland reads at most 28 per `recvmsg`).
 const MAX_FDS_OUT: usize = 28;
@@ -572,7 +572,7 @@ mod tests {
 
     use super::*;
     use crate::channel::tests::open;
-    use crate::relay::{ClientReadPipe, SessionConfig, SessionLimits};
+    use crate::session::{ClientReadPipe, SessionConfig, SessionLimits};
 
     #[test]
     fn write_read_pipe_never_blocks_on_a_client_that_does_not_read() {

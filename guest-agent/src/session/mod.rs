@@ -1,0 +1,855 @@
+//! The relay of one guest client: every message in both directions is parsed with the
+//! protocol tables and an object map, and forwarded unchanged unless its fds must be
+//! translated (they cannot cross the VM boundary) or the host's format advertisement must be
+//! narrowed to what the guest can allocate.
+//!
+//! ```text
+//!  client ──wire bytes + fds──▶ Session::client_input ──SEND (≤ 3744 B, ≤ 28 ids)──▶ channel
+//!  client ◀──wire bytes + fds── Session::host_input ◀──RECEIVE (bytes + items)───── channel
+//! ```
+//!
+//! What becomes of each fd (guest → host):
+//! - `wl_shm.create_pool`: the pool is backed by a blob of the same size (a guest blob where
+//!   the host accepts them, else a HOST3D blob the host allocated); at each commit the damaged
+//!   rows of the surface's buffer are copied from the client's pool into the blob
+//!   (`crossway_protocols::damage`), so the host sees a pool on the blob.
+//! - `zwp_linux_buffer_params_v1.add`: a virtio-gpu dmabuf goes by its resource id (PRIME
+//!   import, RESOURCE_INFO); any other dmabuf is copied into a blob at each commit.
+//! - a pipe (`wl_data_offer.receive` and the like): a read pipe; the host's READs are written
+//!   into it.
+//!
+//! and host → guest: blob items (keymaps, format tables) become guest memfds of the exact
+//! size, sealed; write-pipe items become a local pipe whose reads go back as WRITEs.
+//!
+//! The session does no socket I/O: [`crate::server`] reads and writes the client socket and
+//! polls the fds this module hands out.
+//!
+//! One submodule per job, as in `crossway-relay`: `send` packs SENDs, `shm` and `dmabuf` turn
+//! buffers into blobs or resource ids (`blobs` owns the blobs), `feedback` narrows the host's
+//! format table, `registry` the globals, `items` turns host items into guest fds, and `stats`
+//! counts.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::CStr;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt as _;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossway_protocols::capset::CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND;
+use crossway_protocols::cross_domain::{
+    CROSS_DOMAIN_MAX_IDENTIFIERS, CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA,
+};
+use crossway_protocols::dmabuf::{FormatModifier, FormatTable};
+use crossway_protocols::objects::ObjectMap;
+use crossway_protocols::tables::ProtocolTable;
+use crossway_protocols::virtgpu::{VirtGpu, VirtGpuMapping};
+use crossway_protocols::wire::{self, Arg, Message, ObjectId};
+
+use crate::channel::{Blob, Channel, ChannelError, HostItem, HostItemKind, SendId};
+use crossway_protocols::damage::{
+    BufferLayout, Rect, Region, StaleTracker, SurfaceDamage, copy_ranges,
+};
+
+mod blobs;
+mod dmabuf;
+mod feedback;
+mod items;
+mod registry;
+mod send;
+mod shm;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+use self::{blobs::*, dmabuf::*, feedback::*, items::*, send::*, shm::*};
+
+pub use dmabuf::guest_can_allocate;
+pub use items::{ClientReadPipe, HostWritePipe, sealed_memfd};
+pub use registry::{UNRELAYABLE_GLOBALS, cap_global};
+pub use stats::AgentStats;
+
+/// `wl_display.error` codes.
+mod code {
+    pub const INVALID_OBJECT: u32 = 0;
+    pub const INVALID_METHOD: u32 = 1;
+    pub const NO_MEMORY: u32 = 2;
+    pub const IMPLEMENTATION: u32 = 3;
+}
+
+/// DRM fourcc ARGB8888, the format the pool-sized HOST3D blobs are asked for.
+const ARGB8888: u32 = u32::from_le_bytes(*b"AR24");
+/// Width of the pool-sized HOST3D blobs: one 4096-byte row per page.
+const POOL_BLOB_WIDTH: u32 = 1024;
+/// `DRM_FORMAT_MOD_LINEAR`.
+const LINEAR: u64 = 0;
+/// GBM usage bits of the pool blobs (`GBM_BO_USE_LINEAR`).
+const GBM_BO_USE_LINEAR: u32 = 1 << 4;
+
+/// Limits of one guest client, all enforced before memory is committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Largest `wl_shm` pool (bytes).
+    pub max_pool_bytes: u64,
+    /// Largest pool backed by a guest blob; larger ones use a HOST3D blob.
+    pub max_guest_blob_pool: u64,
+    /// Bytes of all the client's blobs together (pools and copied dmabufs): a client can
+    /// reserve large sparse memfds for nothing, while each blob takes guest or host memory.
+    pub max_blob_bytes: u64,
+    /// Most live `wl_shm` pools plus copied dmabufs (blobs; a destroyed pool counts while
+    /// buffers made from it live).
+    pub max_pools: usize,
+    /// Most live objects.
+    pub max_objects: usize,
+    /// Fds received but not yet matched to a message.
+    pub max_pending_fds: usize,
+    /// Dmabuf plane fds held in `zwp_linux_buffer_params_v1` objects not yet used (the agent
+    /// keeps them until `create`, so a client could otherwise hold 4 per params object).
+    pub max_plane_fds: usize,
+    /// Bytes of one partial message kept between reads.
+    pub max_pending_bytes: usize,
+    /// Bytes queued for the client before it is dropped as not reading.
+    pub max_client_queue: usize,
+    /// Bytes queued towards one read pipe before its reader is dropped.
+    pub max_pipe_queue: usize,
+    /// Largest host blob item turned into a guest memfd (keymaps, format tables): each is
+    /// read into memory whole.
+    pub max_item_bytes: u32,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_pool_bytes: 512 << 20,
+            max_guest_blob_pool: 64 << 20,
+            // foot reserves a 512 MiB pool per scrollable buffer and keeps several.
+            max_blob_bytes: 8 << 30,
+            max_pools: 1024,
+            max_objects: 65_536,
+            max_pending_fds: 256,
+            max_plane_fds: 256,
+            max_pending_bytes: wire::MAX_MESSAGE_SIZE,
+            max_client_queue: 8 << 20,
+            max_pipe_queue: 4 << 20,
+            max_item_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Settings a session shares with the others.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Limits.
+    pub limits: SessionLimits,
+    /// `dev_t` of the guest's render node: the dmabuf feedback's main and target device
+    /// become this one. `None` (the loopback device) keeps the host's.
+    pub guest_dev: Option<u64>,
+}
+
+/// Why a session ends.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client broke the protocol or a limit; it was sent `wl_display.error`.
+    #[error("client error on object {object} (code {code}): {message}")]
+    Client {
+        /// Object named in the error.
+        object: u32,
+        /// `wl_display.error` code.
+        code: u32,
+        /// What went wrong.
+        message: String,
+    },
+    /// The host sent something this agent cannot relay.
+    #[error("host: {0}")]
+    Host(String),
+    /// The channel failed.
+    #[error("channel: {0}")]
+    Channel(#[from] ChannelError),
+}
+
+fn client_err(object: u32, code: u32, message: impl Into<String>) -> SessionError {
+    SessionError::Client {
+        object,
+        code,
+        message: message.into(),
+    }
+}
+
+fn host_err(message: impl Into<String>) -> SessionError {
+    SessionError::Host(message.into())
+}
+
+/// Bytes and fds for the client, fds tagged with the offset of their message.
+#[derive(Debug, Default)]
+pub struct ToClient {
+    /// Wire bytes.
+    pub bytes: Vec<u8>,
+    /// Fds, each with the offset in `bytes` of the message that carries it.
+    pub fds: VecDeque<(usize, OwnedFd)>,
+}
+
+/// A blob shared by a pool (or copied dmabuf) and its buffers.
+struct SharedBlob<M> {
+    blob: Blob<M>,
+    refs: usize,
+}
+
+struct Pool {
+    /// The client's memory.
+    file: Rc<File>,
+    /// Bytes of the pool as the client sized it.
+    size: u64,
+    /// GEM handle of the blob behind it.
+    bo: u32,
+}
+
+/// A buffer whose content the agent copies into a blob at each commit.
+struct CopiedBuffer {
+    file: Rc<File>,
+    /// Bytes of the client's memory the layout may read.
+    source_size: u64,
+    bo: u32,
+    layout: BufferLayout,
+    /// The blob's layout when the host chose another stride or offset (HOST3D images).
+    blob_layout: Option<BufferLayout>,
+}
+
+#[derive(Default)]
+struct Surface {
+    damage: SurfaceDamage,
+    /// `Some(b)` after an attach not yet committed (`b` = null or a buffer).
+    pending: Option<Option<u32>>,
+    current: Option<u32>,
+}
+
+struct Plane {
+    fd: OwnedFd,
+    plane: u32,
+    offset: u32,
+    stride: u32,
+    modifier: u64,
+}
+
+/// One dmabuf feedback object's table translation.
+#[derive(Default)]
+struct FeedbackState {
+    /// Host table index → guest table index.
+    map: Vec<Option<u16>>,
+}
+
+/// Blobs and imported GEM handles no object uses any more, closed by
+/// [`Session::release_deferred`].
+struct Deferred<M> {
+    blobs: Vec<Blob<M>>,
+    handles: Vec<u32>,
+}
+
+/// Messages relayed towards the host and not sent yet, written once: their bytes one after
+/// another, the identifiers of their fds in order, and where each message ends in both. A
+/// SEND is a slice of each.
+#[derive(Default)]
+struct SendQueue {
+    bytes: Vec<u8>,
+    ids: Vec<SendId>,
+    /// (end in `bytes`, end in `ids`) of each message.
+    ends: Vec<(usize, usize)>,
+    /// Fds waiting for a read-pipe id from their SEND, in `ids` order.
+    pipes: VecDeque<OwnedFd>,
+}
+
+/// The relay state of one guest client and its channel.
+pub struct Session<D: VirtGpu> {
+    ch: Channel<D>,
+    config: Arc<SessionConfig>,
+    stats: Arc<AgentStats>,
+    map: ObjectMap,
+    client_pending: Vec<u8>,
+    client_fds: VecDeque<OwnedFd>,
+    host_pending: Vec<u8>,
+    host_items: VecDeque<HostItem>,
+    blobs: HashMap<u32, SharedBlob<D::Mapping>>,
+    pools: HashMap<u32, Pool>,
+    buffers: HashMap<u32, CopiedBuffer>,
+    /// Dmabuf buffers forwarded by resource: the GEM handles to close with them.
+    imported: HashMap<u32, Vec<u32>>,
+    /// References to each imported GEM handle: PRIME import of a dmabuf the device file
+    /// already knows returns the same handle, and one GEM_CLOSE closes it for all.
+    import_refs: HashMap<u32, usize>,
+    surfaces: HashMap<u32, Surface>,
+    viewports: HashMap<u32, u32>,
+    stale: StaleTracker,
+    params: HashMap<u32, Vec<Plane>>,
+    /// Plane fds held in `params`.
+    plane_fds: usize,
+    /// `create` (not immed) params waiting for the host's `created`: what the buffer will be.
+    params_waiting: HashMap<u32, Option<CopiedBuffer>>,
+    params_imported: HashMap<u32, Vec<u32>>,
+    feedback: HashMap<u32, FeedbackState>,
+    sendq: SendQueue,
+    /// Let go of, closed once the SENDs queued so far are out.
+    release: Deferred<D::Mapping>,
+    /// Pipes the host writes into.
+    pub read_pipes: HashMap<u32, ClientReadPipe>,
+    /// Pipes the client writes into, for the server to poll.
+    pub write_pipes: Vec<HostWritePipe>,
+    /// What goes to the client next.
+    pub to_client: ToClient,
+    /// The client was sent a protocol error: flush and close.
+    pub closing: bool,
+}
+
+impl<D: VirtGpu> std::fmt::Debug for Session<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("objects", &self.map.live())
+            .field("pools", &self.pools.len())
+            .field("buffers", &self.buffers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn id(o: ObjectId) -> u32 {
+    o.get()
+}
+
+fn shape(object: u32, iface: &str, name: &str) -> SessionError {
+    client_err(
+        object,
+        code::INVALID_METHOD,
+        format!("{iface}.{name}: unexpected arguments"),
+    )
+}
+
+impl<D: VirtGpu> Session<D> {
+    /// A session over an open channel.
+    pub fn new(ch: Channel<D>, config: Arc<SessionConfig>, stats: Arc<AgentStats>) -> Self {
+        let max_objects = config.limits.max_objects;
+        Session {
+            ch,
+            config,
+            stats,
+            map: ObjectMap::new(max_objects),
+            client_pending: Vec::new(),
+            client_fds: VecDeque::new(),
+            host_pending: Vec::new(),
+            host_items: VecDeque::new(),
+            blobs: HashMap::new(),
+            pools: HashMap::new(),
+            buffers: HashMap::new(),
+            imported: HashMap::new(),
+            import_refs: HashMap::new(),
+            surfaces: HashMap::new(),
+            viewports: HashMap::new(),
+            stale: StaleTracker::default(),
+            params: HashMap::new(),
+            plane_fds: 0,
+            params_waiting: HashMap::new(),
+            params_imported: HashMap::new(),
+            feedback: HashMap::new(),
+            sendq: SendQueue::default(),
+            release: Deferred {
+                blobs: Vec::new(),
+                handles: Vec::new(),
+            },
+            read_pipes: HashMap::new(),
+            write_pipes: Vec::new(),
+            to_client: ToClient::default(),
+            closing: false,
+        }
+    }
+
+    /// The channel (for the server's poll and its host messages).
+    pub fn channel(&mut self) -> &mut Channel<D> {
+        &mut self.ch
+    }
+
+    /// Queues `wl_display.error` for the client after a [`SessionError::Client`].
+    pub fn send_error(&mut self, object: u32, code: u32, message: &str) {
+        let text = sanitize(message);
+        let obj = ObjectId::new(object).unwrap_or(ObjectId::DISPLAY);
+        let args = [
+            Arg::Object(Some(obj)),
+            Arg::Uint(code),
+            Arg::Str(Some(text.as_c_str())),
+        ];
+        if wire::encode_unchecked(&mut self.to_client.bytes, ObjectId::DISPLAY, 0, &args).is_err() {
+            tracing::warn!("could not encode the error for the client");
+        }
+        AgentStats::add(&self.stats.clients_refused, 1);
+        self.closing = true;
+    }
+
+    /// Relays what the client sent: bytes (maybe a partial message) and the fds that came
+    /// with them. SENDs go out before this returns.
+    pub fn client_input(&mut self, bytes: &[u8], fds: Vec<OwnedFd>) -> Result<(), SessionError> {
+        self.client_fds.extend(fds);
+        if self.client_fds.len() > self.config.limits.max_pending_fds {
+            return Err(client_err(
+                1,
+                code::NO_MEMORY,
+                format!(
+                    "{} fds not matched to messages, over the limit {}",
+                    self.client_fds.len(),
+                    self.config.limits.max_pending_fds
+                ),
+            ));
+        }
+        let mut pending = std::mem::take(&mut self.client_pending);
+        let result = reassemble(
+            &mut pending,
+            bytes,
+            |raw, msg| self.client_message(raw, msg),
+            |e| client_err(1, code::INVALID_METHOD, format!("framing: {e}")),
+        );
+        self.client_pending = pending;
+        // Whatever was relayed before an error still goes out, in order.
+        let flushed = self.flush_sends();
+        self.release_deferred();
+        result?;
+        flushed?;
+        if self.client_pending.len() > self.config.limits.max_pending_bytes {
+            return Err(client_err(
+                1,
+                code::NO_MEMORY,
+                "partial message over the size limit",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Relays one request into the send queue, all of it or (on error) none of it.
+    fn client_message(&mut self, raw: &[u8], msg: &Message<'_>) -> Result<(), SessionError> {
+        let mark = self.sendq.mark();
+        let r = self.relay_request(raw, msg);
+        match &r {
+            Ok(()) => self.sendq.end_message(mark),
+            Err(_) => self.sendq.rollback(mark),
+        }
+        r
+    }
+
+    fn relay_request(&mut self, raw: &[u8], msg: &Message<'_>) -> Result<(), SessionError> {
+        let sender = id(msg.header.object);
+        let p = self
+            .map
+            .process_request(ProtocolTable::builtin(), msg, self.client_fds.len())
+            .map_err(|e| client_err(sender, code::INVALID_OBJECT, e.to_string()))?;
+        AgentStats::add(&self.stats.messages_to_host, 1);
+        AgentStats::add(&self.stats.bytes_to_host, raw.len() as u64);
+        let mut fds = take_front(&mut self.client_fds, p.args.fd_count());
+        let iface = p.interface.name;
+        let name = p.desc.name;
+        let args = p.args.as_slice();
+        let mut forward = true;
+        match (iface, name) {
+            ("wl_shm", "create_pool") => {
+                let ([Arg::NewId(pool), Arg::Fd, Arg::Int(size)], [_]) = (args, &fds[..]) else {
+                    return Err(shape(sender, iface, name));
+                };
+                let fd = fds.pop().ok_or_else(|| shape(sender, iface, name))?;
+                let res = self.create_pool(sender, id(*pool), fd, *size)?;
+                self.sendq.ids.push(SendId::Blob(res));
+            }
+            ("wl_shm_pool", "create_buffer") => {
+                let [
+                    Arg::NewId(buffer),
+                    Arg::Int(offset),
+                    Arg::Int(width),
+                    Arg::Int(height),
+                    Arg::Int(stride),
+                    Arg::Uint(format),
+                ] = args
+                else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.create_shm_buffer(
+                    sender,
+                    id(*buffer),
+                    *offset,
+                    (*width, *height),
+                    *stride,
+                    *format,
+                )?;
+            }
+            ("wl_shm_pool", "resize") => {
+                let [Arg::Int(size)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.resize_pool(sender, *size)?;
+            }
+            ("wl_shm_pool", "destroy") => {
+                if let Some(pool) = self.pools.remove(&sender) {
+                    self.unref_blob(pool.bo);
+                }
+            }
+            ("wl_buffer", "destroy") => self.forget_buffer(sender),
+            ("wl_surface", "attach") => {
+                let [Arg::Object(buffer), _, _] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.surface(sender).pending = Some(buffer.map(id));
+            }
+            ("wl_surface", "damage") => {
+                let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.surface(sender).damage.damage_surface(*x, *y, *w, *h);
+            }
+            ("wl_surface", "damage_buffer") => {
+                let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.surface(sender).damage.damage_buffer(*x, *y, *w, *h);
+            }
+            ("wl_surface", "set_buffer_transform") => {
+                let [Arg::Int(t)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.surface(sender)
+                    .damage
+                    .set_buffer_transform(*t)
+                    .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
+            }
+            ("wl_surface", "set_buffer_scale") => {
+                let [Arg::Int(s)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.surface(sender)
+                    .damage
+                    .set_buffer_scale(*s)
+                    .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
+            }
+            ("wl_surface", "commit") => self.commit(sender)?,
+            ("wl_surface", "destroy") => {
+                self.surfaces.remove(&sender);
+                self.stale.forget_surface(sender);
+                // The surface's viewports are inert now (wp_viewport: no_surface); its id may
+                // name a new surface next, which they must not reach.
+                self.viewports.retain(|_, s| *s != sender);
+            }
+            ("wp_viewporter", "get_viewport") => {
+                if let [Arg::NewId(v), Arg::Object(Some(s))] = args {
+                    self.viewports.insert(id(*v), id(*s));
+                }
+            }
+            ("wp_viewport", "set_source") => {
+                let [Arg::Fixed(x), Arg::Fixed(y), Arg::Fixed(w), Arg::Fixed(h)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                let src = [x.0, y.0, w.0, h.0];
+                let unset = src.iter().all(|v| *v == -256);
+                if let Some(s) = self.viewports.get(&sender).copied() {
+                    self.surface(s)
+                        .damage
+                        .set_viewport_source((!unset).then_some(src))
+                        .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
+                }
+            }
+            ("wp_viewport", "set_destination") => {
+                let [Arg::Int(w), Arg::Int(h)] = args else {
+                    return Err(shape(sender, iface, name));
+                };
+                let unset = *w == -1 && *h == -1;
+                if let Some(s) = self.viewports.get(&sender).copied() {
+                    self.surface(s)
+                        .damage
+                        .set_viewport_destination((!unset).then_some((*w, *h)))
+                        .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
+                }
+            }
+            ("wp_viewport", "destroy") => {
+                if let Some(s) = self.viewports.remove(&sender)
+                    && let Some(surface) = self.surfaces.get_mut(&s)
+                {
+                    // Errors are impossible for "unset".
+                    let _ = surface.damage.set_viewport_source(None);
+                    let _ = surface.damage.set_viewport_destination(None);
+                }
+            }
+            ("zwp_linux_dmabuf_v1", "create_params") => {
+                if let [Arg::NewId(p)] = args {
+                    self.params.insert(id(*p), Vec::new());
+                }
+            }
+            ("zwp_linux_buffer_params_v1", "add") => {
+                let [
+                    Arg::Fd,
+                    Arg::Uint(plane),
+                    Arg::Uint(offset),
+                    Arg::Uint(stride),
+                    Arg::Uint(hi),
+                    Arg::Uint(lo),
+                ] = args
+                else {
+                    return Err(shape(sender, iface, name));
+                };
+                let fd = fds.pop().ok_or_else(|| shape(sender, iface, name))?;
+                if self.plane_fds >= self.config.limits.max_plane_fds {
+                    return Err(client_err(
+                        sender,
+                        code::NO_MEMORY,
+                        format!(
+                            "more than {} dmabuf planes held in params objects",
+                            self.config.limits.max_plane_fds
+                        ),
+                    ));
+                }
+                // Params leave the map at `create`: an `add` after it is already_used (0),
+                // which the host cannot see because `add` is held back here.
+                let planes = self
+                    .params
+                    .get_mut(&sender)
+                    .ok_or_else(|| client_err(sender, 0, "params already used"))?;
+                if planes.len() >= 4 {
+                    return Err(client_err(sender, 1, "more than 4 planes"));
+                }
+                self.plane_fds += 1;
+                planes.push(Plane {
+                    fd,
+                    plane: *plane,
+                    offset: *offset,
+                    stride: *stride,
+                    modifier: (u64::from(*hi) << 32) | u64::from(*lo),
+                });
+                // Held back: sent with `create`, once the buffer's size and format are known.
+                forward = false;
+            }
+            ("zwp_linux_buffer_params_v1", "create" | "create_immed") => {
+                let (buffer, rest) = match args {
+                    [Arg::NewId(b), rest @ ..] => (Some(id(*b)), rest),
+                    rest => (None, rest),
+                };
+                let [Arg::Int(w), Arg::Int(h), Arg::Uint(format), Arg::Uint(_)] = rest else {
+                    return Err(shape(sender, iface, name));
+                };
+                self.create_dmabuf(sender, buffer, (*w, *h), *format)?;
+            }
+            ("zwp_linux_buffer_params_v1", "destroy") => {
+                self.take_params(sender);
+            }
+            ("zwp_linux_dmabuf_feedback_v1", "destroy") => {
+                self.feedback.remove(&sender);
+            }
+            _ => {
+                // Any other fd: a pipe the client reads (the host writes into it).
+                for fd in fds.drain(..) {
+                    if !is_fifo(fd.as_fd()) {
+                        return Err(client_err(
+                            sender,
+                            code::IMPLEMENTATION,
+                            format!("{iface}.{name}: only pipes can be passed here"),
+                        ));
+                    }
+                    self.sendq.ids.push(SendId::ReadPipe);
+                    self.sendq.pipes.push_back(fd);
+                }
+            }
+        }
+        if forward {
+            self.sendq.bytes.extend_from_slice(raw);
+        }
+        Ok(())
+    }
+
+    /// Relays a RECEIVE from the host: Wayland bytes (maybe partial) and the items standing
+    /// for their fds.
+    pub fn host_input(&mut self, data: &[u8], items: Vec<HostItem>) -> Result<(), SessionError> {
+        self.host_items.extend(items);
+        if self.host_items.len() > self.config.limits.max_pending_fds {
+            return Err(host_err("too many items not matched to events"));
+        }
+        let mut pending = std::mem::take(&mut self.host_pending);
+        let result = reassemble(
+            &mut pending,
+            data,
+            |raw, msg| self.host_message(raw, msg),
+            |e| host_err(format!("framing: {e}")),
+        );
+        self.host_pending = pending;
+        self.release_deferred();
+        result?;
+        if self.host_pending.len() > self.config.limits.max_pending_bytes {
+            return Err(host_err("partial event over the size limit"));
+        }
+        if self.to_client.bytes.len() > self.config.limits.max_client_queue {
+            return Err(client_err(
+                1,
+                code::NO_MEMORY,
+                "the client does not read its events",
+            ));
+        }
+        Ok(())
+    }
+
+    fn host_message(&mut self, raw: &[u8], msg: &Message<'_>) -> Result<(), SessionError> {
+        let sender = id(msg.header.object);
+        let p = self
+            .map
+            .process_event(ProtocolTable::builtin(), msg, self.host_items.len())
+            .map_err(|e| host_err(e.to_string()))?;
+        let mut items = take_front(&mut self.host_items, p.args.fd_count());
+        let iface = p.interface.name;
+        let name = p.desc.name;
+        let args = p.args.as_slice();
+        let at = self.to_client.bytes.len();
+        let mut forward = !p.to_zombie;
+        let mut rewritten: Option<Vec<u8>> = None;
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        match (iface, name) {
+            ("wl_registry", "global") => {
+                let [Arg::Uint(g), Arg::Str(Some(interface)), Arg::Uint(version)] = args else {
+                    return Err(host_err("wl_registry.global with unexpected arguments"));
+                };
+                match cap_global(interface, *version) {
+                    None => forward = false,
+                    Some(v) if v == *version => {}
+                    Some(v) => {
+                        let mut b = Vec::new();
+                        wire::encode_unchecked(
+                            &mut b,
+                            msg.header.object,
+                            msg.header.opcode,
+                            &[Arg::Uint(*g), Arg::Str(Some(interface)), Arg::Uint(v)],
+                        )
+                        .map_err(|e| host_err(e.to_string()))?;
+                        rewritten = Some(b);
+                    }
+                }
+            }
+            ("zwp_linux_buffer_params_v1", "created") => {
+                if let [Arg::NewId(b)] = args {
+                    let b = id(*b);
+                    if let Some(Some(copied)) = self.params_waiting.remove(&sender) {
+                        self.insert_buffer(b, copied);
+                    }
+                    if let Some(h) = self.params_imported.remove(&sender) {
+                        self.insert_imported(b, h);
+                    }
+                }
+            }
+            ("zwp_linux_buffer_params_v1", "failed") => {
+                if let Some(Some(c)) = self.params_waiting.remove(&sender) {
+                    self.unref_blob(c.bo);
+                }
+                if let Some(h) = self.params_imported.remove(&sender) {
+                    self.unref_imports(h);
+                }
+            }
+            ("zwp_linux_dmabuf_feedback_v1", "format_table") => {
+                let ([Arg::Fd, Arg::Uint(_size)], [item]) = (args, &items[..]) else {
+                    return Err(host_err("format_table without its table"));
+                };
+                let table = self.item_bytes(item)?;
+                let (fd, size, map) = guest_format_table(&table)?;
+                self.feedback.entry(sender).or_default().map = map;
+                let mut b = Vec::new();
+                wire::encode_unchecked(
+                    &mut b,
+                    msg.header.object,
+                    msg.header.opcode,
+                    &[Arg::Fd, Arg::Uint(size)],
+                )
+                .map_err(|e| host_err(e.to_string()))?;
+                rewritten = Some(b);
+                fds.push(fd);
+                items.clear();
+            }
+            ("zwp_linux_dmabuf_feedback_v1", "main_device" | "tranche_target_device") => {
+                if let Some(dev) = self.config.guest_dev {
+                    let bytes = dev.to_ne_bytes();
+                    let mut b = Vec::new();
+                    wire::encode_unchecked(
+                        &mut b,
+                        msg.header.object,
+                        msg.header.opcode,
+                        &[Arg::Array(&bytes)],
+                    )
+                    .map_err(|e| host_err(e.to_string()))?;
+                    rewritten = Some(b);
+                }
+            }
+            ("zwp_linux_dmabuf_feedback_v1", "tranche_formats") => {
+                let [Arg::Array(indices)] = args else {
+                    return Err(host_err("tranche_formats with unexpected arguments"));
+                };
+                let map = self
+                    .feedback
+                    .get(&sender)
+                    .map(|f| f.map.as_slice())
+                    .unwrap_or(&[]);
+                let mut kept: Vec<u8> = Vec::new();
+                for c in indices.chunks_exact(2) {
+                    let i = u16::from_ne_bytes([c[0], c[1]]);
+                    if let Some(Some(g)) = map.get(usize::from(i)) {
+                        kept.extend_from_slice(&g.to_ne_bytes());
+                    }
+                }
+                let mut b = Vec::new();
+                wire::encode_unchecked(
+                    &mut b,
+                    msg.header.object,
+                    msg.header.opcode,
+                    &[Arg::Array(&kept)],
+                )
+                .map_err(|e| host_err(e.to_string()))?;
+                rewritten = Some(b);
+            }
+            ("zwp_linux_dmabuf_v1", "modifier") => {
+                if let [Arg::Uint(_), Arg::Uint(hi), Arg::Uint(lo)] = args {
+                    let m = (u64::from(*hi) << 32) | u64::from(*lo);
+                    forward &= guest_can_allocate(m);
+                }
+            }
+            _ => {}
+        }
+        for item in items {
+            fds.push(self.item_fd(&item)?);
+        }
+        if !forward {
+            return Ok(());
+        }
+        match &rewritten {
+            Some(b) => self.to_client.bytes.extend_from_slice(b),
+            None => self.to_client.bytes.extend_from_slice(raw),
+        }
+        self.to_client.fds.extend(fds.into_iter().map(|f| (at, f)));
+        AgentStats::add(&self.stats.messages_to_guest, 1);
+        AgentStats::add(
+            &self.stats.bytes_to_guest,
+            (self.to_client.bytes.len() - at) as u64,
+        );
+        if iface == "wl_display" && name == "error" {
+            self.closing = true;
+        }
+        Ok(())
+    }
+}
+
+impl<D: VirtGpu> Drop for Session<D> {
+    fn drop(&mut self) {
+        let blobs = self.blobs.drain().map(|(_, b)| b.blob);
+        for blob in blobs
+            .chain(self.release.blobs.drain(..))
+            .collect::<Vec<_>>()
+        {
+            let _ = self.ch.close_blob(blob);
+        }
+        for h in std::mem::take(&mut self.release.handles) {
+            if !self.import_refs.contains_key(&h) {
+                let _ = self.ch.device().gem_close(h);
+            }
+        }
+        // Each imported handle once, however many buffers shared it.
+        for (h, _) in self.import_refs.drain() {
+            let _ = self.ch.device().gem_close(h);
+        }
+    }
+}
+
+/// Strips what a C string cannot hold.
+fn sanitize(message: &str) -> std::ffi::CString {
+    let clean: Vec<u8> = message.bytes().filter(|b| *b != 0).take(1000).collect();
+    std::ffi::CString::new(clean).unwrap_or_default()
+}
