@@ -462,7 +462,7 @@ pub fn serve(config: ServeConfig) -> Result<StatsSnapshot, BackendError> {
                 tracing::info!("serving an inherited connected socket");
                 let stream = UnixStream::from(fd);
                 let (mut listener, relay) =
-                    crate::relay::start(stream).map_err(BackendError::Socket)?;
+                    crate::inherited_fd::start(stream).map_err(BackendError::Socket)?;
                 let r = run_one(&mut daemon, &mut listener);
                 relay.stop();
                 r

@@ -18,11 +18,11 @@ pub mod context;
 pub mod device;
 pub mod edid;
 pub mod fence;
+pub mod inherited_fd;
 pub mod loopback;
 pub mod memory;
 pub mod protocol;
 pub mod queue;
-pub mod relay;
 pub mod stats;
 pub mod udmabuf;
 

@@ -14,8 +14,8 @@
 //! guest blob is accepted (its udmabuf dmabuf or copy-path memfd is sent), and the stream is
 //! relayed through the policy engine rather than copied blindly.
 
-mod channel;
 pub mod image;
+mod state;
 mod sys;
 mod worker;
 
@@ -37,9 +37,9 @@ use crossway_virtio::fence::FenceSignaler;
 use zerocopy::IntoBytes;
 
 use crate::fdstream::FdQueue;
-pub use channel::split_receive;
-use channel::{Channel, Item, State};
 pub use image::{ImageAllocator, ImageError, ImageLayout, ImageRequest, MemfdAllocator};
+pub use state::split_receive;
+use state::{Channel, Item, State};
 use worker::lock;
 
 use crate::host::HostConnector;

@@ -783,7 +783,7 @@ fn dropping_context_closes_host_connection_and_pipes() {
 #[derive(Debug)]
 pub(super) struct PassThrough;
 
-impl super::channel::StreamRelay for PassThrough {
+impl super::state::StreamRelay for PassThrough {
     fn guest_to_host(
         &mut self,
         bytes: &[u8],

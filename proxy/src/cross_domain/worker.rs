@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crossway_protocols::cross_domain::{CROSS_DOMAIN_MAX_READ_WRITE_DATA, RingMessage};
 use rustix::event::{PollFd, PollFlags};
 
-use super::channel::State;
+use super::state::State;
 use super::sys;
 use crossway_relay::{Outgoing, RelayError};
 
@@ -65,7 +65,7 @@ pub(crate) fn run(state: Arc<Mutex<State>>) {
                 }
             }
             for (&id, item) in &st.items {
-                if let super::channel::Item::WritePipe(wp) = item
+                if let super::state::Item::WritePipe(wp) = item
                     && !wp.buf.is_empty()
                 {
                     sources.push((Source::WritePipe(id, wp.fd.clone()), PollFlags::OUT));
@@ -123,7 +123,7 @@ pub(crate) fn run(state: Arc<Mutex<State>>) {
                 Source::ReadPipe(id, fd) => read_pipe(&state, *id, fd, &mut pipe_buf),
                 Source::WritePipe(id, _) => {
                     let mut st = lock(&state);
-                    if let Some(super::channel::Item::WritePipe(wp)) = st.items.get_mut(id) {
+                    if let Some(super::state::Item::WritePipe(wp)) = st.items.get_mut(id) {
                         wp.flush();
                     }
                 }

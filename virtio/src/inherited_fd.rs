@@ -2,7 +2,7 @@
 //!
 //! vhost-user-backend 0.24 can only accept from a listener (`start_daemon` and the request
 //! handler are private). Rather than fork the crate, the backend listens on a private
-//! abstract-namespace socket and a relay copies bytes, with their `SCM_RIGHTS` fds, between it
+//! abstract-namespace socket and a byte pump copies bytes, with their `SCM_RIGHTS` fds, between it
 //! and the inherited connection, preserving each chunk's fds (vhost-user attaches fds to the
 //! header of a message, and a Unix stream read never merges past a chunk that carries fds).
 //! Fds the VMM passes (memory regions, kick/call eventfds, the backend request socket, the GPU
