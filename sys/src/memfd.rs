@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
 /// `F_SEAL_SHRINK`: udmabuf requires it; it also stops a peer from truncating under a mapping.
@@ -103,6 +103,39 @@ impl Memfd {
     }
 }
 
+/// The bytes of `src` in a new memfd of `len` bytes (the rest zeros), sealed against writes:
+/// for a host blob whose fd is shorter than the page-rounded range the guest maps. A VMM maps
+/// whole pages of an fd and QEMU 11.1 refuses `SHMEM_MAP` of an fd shorter than `fd_offset +
+/// len` ("backing store size 0xe0 is too small"), where the kernel would have shown zeros past
+/// the end of a short fd's last page. Such fds are the compositor's read-only tables (format
+/// tables, keymaps), so the copy is small and taken once per mapping; the write seal makes the
+/// mapping read-only, as the original was to the guest.
+pub fn covering_copy(src: BorrowedFd<'_>, len: u64) -> Result<OwnedFd, MemfdError> {
+    let have = rustix::fs::fstat(src)
+        .map_err(|e| MemfdError::Write(e.into()))?
+        .st_size;
+    let have = u64::try_from(have).unwrap_or(0).min(len);
+    let m = Memfd::new("crossway-covering", len)?;
+    let file = File::from(src.try_clone_to_owned().map_err(MemfdError::Write)?);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut at = 0u64;
+    while at < have {
+        let n = usize::try_from(have - at)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        file.read_exact_at(&mut buf[..n], at)
+            .map_err(MemfdError::Write)?;
+        m.write_at(at, &buf[..n])?;
+        at += n as u64;
+    }
+    rustix::fs::fcntl_add_seals(
+        m.file(),
+        rustix::fs::SealFlags::WRITE | rustix::fs::SealFlags::SEAL,
+    )
+    .map_err(|e| MemfdError::Seal(e.into()))?;
+    Ok(m.file.into())
+}
+
 /// The seals set on `fd` (`F_GET_SEALS`), or an error if it is not a sealable memfd.
 pub fn seals(fd: &impl AsRawFd) -> std::io::Result<i32> {
     // SAFETY: fcntl(F_GET_SEALS) takes no pointer argument; `fd` is borrowed and open.
@@ -117,6 +150,7 @@ pub fn seals(fd: &impl AsRawFd) -> std::io::Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
 
     #[test]
     fn memfd_new_is_sized_and_sealed() {
@@ -125,6 +159,20 @@ mod tests {
         let s = seals(m.file()).unwrap();
         assert_ne!(s & F_SEAL_SHRINK, 0);
         assert_ne!(s & F_SEAL_GROW, 0);
+    }
+
+    #[test]
+    fn covering_copy_of_short_fd_is_page_long_zero_filled_and_write_sealed() {
+        let short = Memfd::new("format-table", 224).unwrap();
+        short.write_at(0, &[7; 224]).unwrap();
+        let fd = covering_copy(short.file().as_fd(), 4096).unwrap();
+        let f = File::from(fd);
+        assert_eq!(f.metadata().unwrap().len(), 4096);
+        let mut got = vec![0u8; 4096];
+        f.read_exact_at(&mut got, 0).unwrap();
+        assert!(got[..224].iter().all(|&b| b == 7));
+        assert!(got[224..].iter().all(|&b| b == 0));
+        assert_ne!(seals(&f).unwrap() & libc::F_SEAL_WRITE, 0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use crossway_protocols::capset::{
@@ -1019,14 +1019,16 @@ impl GpuDevice {
             }
             return Err(VIRTIO_GPU_RESP_ERR_UNSPEC);
         };
+        // A VMM maps whole pages of an fd and may refuse one shorter than the range (QEMU
+        // 11.1 does): a short fd (a 224-byte format table in a 4096-byte blob) is mapped
+        // through a covering copy.
+        let covering = covering_fd(host.fd.as_fd(), r.size).map_err(|e| {
+            tracing::warn!(resource = id, error = %e, "no covering copy of a short host blob");
+            VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY
+        })?;
+        let fd = covering.as_ref().map_or(host.fd.as_fd(), |c| c.as_fd());
         mapper
-            .map(
-                offset,
-                host.fd.as_fd(),
-                0,
-                r.size,
-                fd_writable(host.fd.as_fd()),
-            )
+            .map(offset, fd, 0, r.size, fd_writable(fd))
             .map_err(|e| {
                 tracing::warn!(resource = id, error = %e, "SHMEM_MAP failed");
                 VIRTIO_GPU_RESP_ERR_UNSPEC
@@ -1077,6 +1079,22 @@ impl GpuDevice {
 /// Whether a host blob may be mapped writable: its access mode allows writes and no write
 /// seal forbids them (a compositor's keymap is often a read-only or sealed memfd; mapping it
 /// RW fails, wayland-proxy-virtwl #37).
+/// `None` when `fd` is at least `len` bytes long, else a sealed copy of it that is.
+fn covering_fd(fd: BorrowedFd<'_>, len: u64) -> Result<Option<OwnedFd>, crate::memfd::MemfdError> {
+    let have = rustix::fs::fstat(fd).map(|st| u64::try_from(st.st_size).unwrap_or(0));
+    match have {
+        Ok(have) if have >= len => Ok(None),
+        _ => {
+            tracing::debug!(
+                len,
+                ?have,
+                "host blob fd shorter than its mapping: covering copy"
+            );
+            crate::memfd::covering_copy(fd, len).map(Some)
+        }
+    }
+}
+
 fn fd_writable(fd: BorrowedFd<'_>) -> bool {
     use rustix::fs::{OFlags, SealFlags};
     let mode_ok = rustix::fs::fcntl_getfl(fd).is_ok_and(

@@ -90,7 +90,9 @@ impl Context for TestContext {
         size: u64,
         _flags: u32,
     ) -> Result<HostBlob, ContextError> {
-        let m = Memfd::new("host-blob", size).map_err(|_| ContextError::OutOfMemory)?;
+        // Blob id 224 is a compositor's format table: a 224-byte fd behind a page-sized blob.
+        let fd_len = if blob_id == SHORT_BLOB_ID { 224 } else { size };
+        let m = Memfd::new("host-blob", fd_len).map_err(|_| ContextError::OutOfMemory)?;
         m.write_at(0, format!("host blob {blob_id}").as_bytes())
             .unwrap();
         self.host.insert(resource.0, m.try_clone_fd().unwrap());
@@ -275,6 +277,31 @@ fn loopback_host_blob_mapped_both_ways() {
     let mut c = [0u8; 10];
     m2.read_at(100, &mut c).unwrap();
     assert_eq!(&c, b"from guest");
+}
+
+const SHORT_BLOB_ID: u64 = 224;
+
+#[test]
+fn loopback_host_blob_fd_shorter_than_page_maps_zero_filled() {
+    // The loopback VMM refuses SHMEM_MAP of an fd shorter than the range, as QEMU 11.1 does;
+    // the device maps a covering copy instead.
+    let s = setup("host-short");
+    let mut f = cross_domain_file(&s.vm);
+    let h = f
+        .resource_create_blob(&drm_virtgpu_resource_create_blob {
+            blob_mem: VIRTGPU_BLOB_MEM_HOST3D,
+            blob_flags: VIRTGPU_BLOB_FLAG_USE_MAPPABLE,
+            size: 4096,
+            blob_id: SHORT_BLOB_ID,
+            cmd: Vec::new(),
+        })
+        .unwrap();
+    assert_eq!(s.vm.window_maps(), 1);
+    let m = f.map(h.bo_handle).unwrap();
+    let mut b = [0u8; 4096];
+    m.read_at(0, &mut b).unwrap();
+    assert_eq!(&b[..13], b"host blob 224");
+    assert!(b[224..].iter().all(|&x| x == 0));
 }
 
 #[test]

@@ -104,6 +104,18 @@ impl VhostUserFrontendReqHandler for Window {
         let owned = crossway_sys::fdpass::dup_raw(fd.as_raw_fd())?;
         let (shm_offset, fd_offset, len, flags) =
             (req.shm_offset, req.fd_offset, req.len, req.flags);
+        // As QEMU 11.1 does ("backing store size … is too small for 'size' option"): an fd
+        // shorter than the range would fault past its last page in the guest.
+        let have = rustix::fs::fstat(&owned).map_or(0, |st| u64::try_from(st.st_size).unwrap_or(0));
+        if fd_offset.checked_add(len).is_none_or(|end| end > have) {
+            tracing::warn!(
+                have,
+                fd_offset,
+                len,
+                "SHMEM_MAP refused: the fd is shorter than the range"
+            );
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
         tracing::debug!(
             shm_offset,
             len,
@@ -446,4 +458,29 @@ fn make_ram(cfg: RamConfig) -> Result<(GuestMem, Memfd, Vec<Region>), FrontendEr
     debug_assert_eq!(mem.num_regions(), regions.len());
     let _ = mem.iter().map(|r| r.len()).sum::<u64>();
     Ok((mem, memfd, regions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(len: u64) -> VhostUserMMap {
+        VhostUserMMap {
+            shmid: VIRTIO_GPU_SHM_ID_HOST_VISIBLE,
+            len,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn window_shmem_map_of_fd_shorter_than_range_is_refused() {
+        let w = Window::default();
+        let short = Memfd::new("format-table", 224).unwrap();
+        let err = w.shmem_map(&req(4096), short.file()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(w.maps.load(std::sync::atomic::Ordering::Relaxed), 0);
+        let page = Memfd::new("page", 4096).unwrap();
+        w.shmem_map(&req(4096), page.file()).unwrap();
+        assert_eq!(w.maps.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
 }
