@@ -103,13 +103,14 @@ impl Memfd {
     }
 }
 
-/// The bytes of `src` in a new memfd of `len` bytes (the rest zeros), sealed against writes:
-/// for a host blob whose fd is shorter than the page-rounded range the guest maps. A VMM maps
-/// whole pages of an fd and QEMU 11.1 refuses `SHMEM_MAP` of an fd shorter than `fd_offset +
-/// len` ("backing store size 0xe0 is too small"), where the kernel would have shown zeros past
-/// the end of a short fd's last page. Such fds are the compositor's read-only tables (format
-/// tables, keymaps), so the copy is small and taken once per mapping; the write seal makes the
-/// mapping read-only, as the original was to the guest.
+/// The bytes of `src` in a new writable memfd of `len` bytes (the rest zeros): what a VMM can
+/// map for a host blob whose fd is shorter than the page-rounded range the guest maps, or that
+/// it cannot map read-write. QEMU 11.1 refuses `SHMEM_MAP` of an fd shorter than `fd_offset +
+/// len` ("backing store size 0xe0 is too small") and maps every fd read-write whatever the
+/// request's flags (a write-sealed memfd fails with EPERM), where the kernel would have shown
+/// zeros past a short fd's end. Such fds are the compositor's read-only tables (format tables,
+/// keymaps), so the copy is small and taken once per mapping; the guest's writes land in its
+/// own copy, never in the compositor's table.
 pub fn covering_copy(src: BorrowedFd<'_>, len: u64) -> Result<OwnedFd, MemfdError> {
     let have = rustix::fs::fstat(src)
         .map_err(|e| MemfdError::Write(e.into()))?
@@ -128,11 +129,6 @@ pub fn covering_copy(src: BorrowedFd<'_>, len: u64) -> Result<OwnedFd, MemfdErro
         m.write_at(at, &buf[..n])?;
         at += n as u64;
     }
-    rustix::fs::fcntl_add_seals(
-        m.file(),
-        rustix::fs::SealFlags::WRITE | rustix::fs::SealFlags::SEAL,
-    )
-    .map_err(|e| MemfdError::Seal(e.into()))?;
     Ok(m.file.into())
 }
 
@@ -162,7 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn covering_copy_of_short_fd_is_page_long_zero_filled_and_write_sealed() {
+    fn covering_copy_of_short_fd_is_page_long_zero_filled_and_writable() {
         let short = Memfd::new("format-table", 224).unwrap();
         short.write_at(0, &[7; 224]).unwrap();
         let fd = covering_copy(short.file().as_fd(), 4096).unwrap();
@@ -172,7 +168,11 @@ mod tests {
         f.read_exact_at(&mut got, 0).unwrap();
         assert!(got[..224].iter().all(|&b| b == 7));
         assert!(got[224..].iter().all(|&b| b == 0));
-        assert_ne!(seals(&f).unwrap() & libc::F_SEAL_WRITE, 0);
+        assert_eq!(seals(&f).unwrap() & libc::F_SEAL_WRITE, 0);
+        f.write_all_at(b"guest", 0).unwrap();
+        let mut orig = [0u8; 5];
+        short.read_at(0, &mut orig).unwrap();
+        assert_eq!(orig, [7; 5]);
     }
 
     #[test]

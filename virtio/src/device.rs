@@ -1019,9 +1019,8 @@ impl GpuDevice {
             }
             return Err(VIRTIO_GPU_RESP_ERR_UNSPEC);
         };
-        // A VMM maps whole pages of an fd and may refuse one shorter than the range (QEMU
-        // 11.1 does): a short fd (a 224-byte format table in a 4096-byte blob) is mapped
-        // through a covering copy.
+        // QEMU 11.1 refuses an fd shorter than the range (a 224-byte format table in a
+        // 4096-byte blob) and maps every fd read-write: those are mapped through a copy.
         let covering = covering_fd(host.fd.as_fd(), r.size).map_err(|e| {
             tracing::warn!(resource = id, error = %e, "no covering copy of a short host blob");
             VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY
@@ -1079,16 +1078,16 @@ impl GpuDevice {
 /// Whether a host blob may be mapped writable: its access mode allows writes and no write
 /// seal forbids them (a compositor's keymap is often a read-only or sealed memfd; mapping it
 /// RW fails, wayland-proxy-virtwl #37).
-/// `None` when `fd` is at least `len` bytes long, else a sealed copy of it that is.
+/// `None` when `fd` is at least `len` bytes long and writable, else a copy of it that is.
 fn covering_fd(fd: BorrowedFd<'_>, len: u64) -> Result<Option<OwnedFd>, crate::memfd::MemfdError> {
     let have = rustix::fs::fstat(fd).map(|st| u64::try_from(st.st_size).unwrap_or(0));
     match have {
-        Ok(have) if have >= len => Ok(None),
+        Ok(have) if have >= len && fd_writable(fd) => Ok(None),
         _ => {
             tracing::debug!(
                 len,
                 ?have,
-                "host blob fd shorter than its mapping: covering copy"
+                "host blob fd short or read-only: mapped through a copy"
             );
             crate::memfd::covering_copy(fd, len).map(Some)
         }

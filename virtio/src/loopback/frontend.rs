@@ -107,6 +107,16 @@ impl VhostUserFrontendReqHandler for Window {
         // As QEMU 11.1 does ("backing store size … is too small for 'size' option"): an fd
         // shorter than the range would fault past its last page in the guest.
         let have = rustix::fs::fstat(&owned).map_or(0, |st| u64::try_from(st.st_size).unwrap_or(0));
+        // QEMU 11.1 also maps every fd read-write whatever the flags: a read-only or
+        // write-sealed fd fails there with EPERM ("unable to map backing store").
+        let rw = rustix::fs::fcntl_getfl(&owned)
+            .is_ok_and(|f| f & rustix::fs::OFlags::ACCMODE == rustix::fs::OFlags::RDWR)
+            && rustix::fs::fcntl_get_seals(&owned)
+                .map_or(true, |s| !s.intersects(rustix::fs::SealFlags::WRITE));
+        if !rw {
+            tracing::warn!("SHMEM_MAP refused: the fd cannot be mapped read-write");
+            return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+        }
         if fd_offset.checked_add(len).is_none_or(|end| end > have) {
             tracing::warn!(
                 have,
@@ -482,5 +492,14 @@ mod tests {
         let page = Memfd::new("page", 4096).unwrap();
         w.shmem_map(&req(4096), page.file()).unwrap();
         assert_eq!(w.maps.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn window_shmem_map_of_write_sealed_fd_is_refused() {
+        let w = Window::default();
+        let page = Memfd::new("sealed", 4096).unwrap();
+        rustix::fs::fcntl_add_seals(page.file(), rustix::fs::SealFlags::WRITE).unwrap();
+        let err = w.shmem_map(&req(4096), page.file()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
     }
 }
