@@ -71,6 +71,10 @@ pub fn print_capabilities() -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(capabilities_json().as_bytes())?;
     out.flush()?;
+    #[allow(clippy::print_stderr)] // part of the command's output, for people
+    {
+        eprintln!("{}", crossway_virtio::backend::CAPABILITIES_NOTE);
+    }
     Ok(())
 }
 

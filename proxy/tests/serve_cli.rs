@@ -15,6 +15,10 @@ fn print_capabilities_prints_libvirt_gpu_json() {
     let text = String::from_utf8(out.stdout).unwrap();
     let compact: String = text.split_whitespace().collect();
     assert_eq!(compact, r#"{"type":"gpu","features":["render-node"]}"#);
+    // For people, on stderr: which QEMU device carries cross-domain.
+    let note = String::from_utf8(out.stderr).unwrap();
+    assert!(note.contains("vhost-user-test-device-pci"), "{note}");
+    assert!(note.contains("crosvm --vhost-user gpu"), "{note}");
 }
 
 #[test]

@@ -33,6 +33,7 @@ use crate::device::{ConfigError, DeviceConfig, Display, GpuDevice, HostVisibleMa
 use crate::fence::FenceSignaler;
 use crate::memory::GuestMemHandle;
 use crate::protocol::VIRTIO_GPU_SHM_ID_HOST_VISIBLE;
+use crate::protocol::{VIRTIO_GPU_F_CONTEXT_INIT, VIRTIO_GPU_F_RESOURCE_BLOB};
 use crate::queue::process_queue;
 use crate::stats::StatsSnapshot;
 
@@ -66,6 +67,8 @@ struct Shared {
     mem: Mutex<Option<GuestMemHandle>>,
     event_idx: AtomicBool,
     shmem_asked: AtomicBool,
+    /// Whether the warning that the driver lacks cross-domain's features was logged.
+    warned_features: AtomicBool,
     backend_req: Mutex<Option<Backend>>,
     exit: (EventConsumer, EventNotifier),
 }
@@ -179,6 +182,7 @@ impl VhostGpu {
                 mem: Mutex::new(None),
                 event_idx: AtomicBool::new(false),
                 shmem_asked: AtomicBool::new(false),
+                warned_features: AtomicBool::new(false),
                 backend_req: Mutex::new(None),
                 exit,
             }),
@@ -277,6 +281,21 @@ impl VhostUserBackend for VhostGpu {
 
     fn acked_features(&self, features: u64) {
         tracing::info!(features = format_args!("{features:#x}"), "features acked");
+        let missing = missing_cross_domain_features(features);
+        // A driver's acknowledgement has VERSION_1 (QEMU may also set features before one).
+        if features & (1 << VIRTIO_F_VERSION_1) != 0
+            && !missing.is_empty()
+            && !self.shared.warned_features.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                missing = missing.join(", "),
+                "the guest driver never negotiated what cross-domain needs, so no window can \
+                 reach the host: the VMM withholds it (QEMU's vhost-user-gpu-pci does up to \
+                 11.1). Use QEMU's generic device instead (-device vhost-user-test-device-pci,\
+                 virtio-id=16,num_vqs=2,config_size=16,chardev=…, see \
+                 packaging/qemu/crossway-qemu-args) or crosvm --vhost-user gpu; logged once"
+            );
+        }
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -499,7 +518,47 @@ fn run_one(
     }
 }
 
+/// The feature names cross-domain needs that `features` (as acked) lacks.
+pub fn missing_cross_domain_features(features: u64) -> Vec<&'static str> {
+    [
+        (VIRTIO_GPU_F_CONTEXT_INIT, "VIRTIO_GPU_F_CONTEXT_INIT"),
+        (VIRTIO_GPU_F_RESOURCE_BLOB, "VIRTIO_GPU_F_RESOURCE_BLOB"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| features & (1 << bit) == 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
+/// What `--print-capabilities` adds on stderr (stdout is libvirt's JSON): the VMM device that
+/// carries cross-domain.
+pub const CAPABILITIES_NOTE: &str = "crossway-proxy: cross-domain needs the guest driver to \
+negotiate VIRTIO_GPU_F_CONTEXT_INIT and VIRTIO_GPU_F_RESOURCE_BLOB, which QEMU's \
+vhost-user-gpu-pci withholds up to 11.1 (libvirt's <video><driver name='vhostuser'/> uses it): \
+with QEMU >= 11.1 use -device vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,\
+chardev=… (packaging/qemu/crossway-qemu-args), or crosvm --vhost-user gpu";
+
 /// `--print-capabilities`: the JSON libvirt reads (docs/interop/vhost-user.json, GPU type).
 pub fn capabilities_json() -> String {
     "{\n  \"type\": \"gpu\",\n  \"features\": [\n    \"render-node\"\n  ]\n}\n".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_cross_domain_features_names_each_absent_bit() {
+        let both = (1 << VIRTIO_GPU_F_CONTEXT_INIT) | (1 << VIRTIO_GPU_F_RESOURCE_BLOB);
+        assert!(missing_cross_domain_features(both).is_empty());
+        // What QEMU 11.1's vhost-user-gpu-pci leaves the driver (virgl, edid).
+        assert_eq!(
+            missing_cross_domain_features(0b11),
+            ["VIRTIO_GPU_F_CONTEXT_INIT", "VIRTIO_GPU_F_RESOURCE_BLOB"]
+        );
+        assert_eq!(
+            missing_cross_domain_features(1 << VIRTIO_GPU_F_RESOURCE_BLOB),
+            ["VIRTIO_GPU_F_CONTEXT_INIT"]
+        );
+    }
 }

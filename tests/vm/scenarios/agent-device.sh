@@ -37,6 +37,9 @@ scenario_check() {
     probe_line "GETPARAM HOST_VISIBLE" "param HOST_VISIBLE 0x0"
     probe_line "GETPARAM CONTEXT_INIT" "param CONTEXT_INIT 0x0"
     probe_line "GETPARAM EXPLICIT_DEBUG_NAME" "param EXPLICIT_DEBUG_NAME 0x0"
+    # serve says so, once, and what to use instead.
+    expect "serve warns that the VMM withholds cross-domain's features" \
+        'WARN .*vhost-user-test-device-pci.*missing="VIRTIO_GPU_F_CONTEXT_INIT, VIRTIO_GPU_F_RESOURCE_BLOB"' "$backend_log"
     # Capsets 5 and 48: bits 5 and 48. The 6.12 kernel itself reports 0x10020 (a 32-bit shift
     # folds id 48 onto bit 16); RenderNode repairs the mask with GET_CAPS
     # (crossway_agent::drm::repair_capset_mask), so the agent sees what the device offers.
