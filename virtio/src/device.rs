@@ -1075,11 +1075,11 @@ impl GpuDevice {
     }
 }
 
-/// Whether a host blob may be mapped writable: its access mode allows writes and no write
-/// seal forbids them (a compositor's keymap is often a read-only or sealed memfd; mapping it
-/// RW fails, wayland-proxy-virtwl #37).
 /// `None` when `fd` is at least `len` bytes long and writable, else a copy of it that is.
-fn covering_fd(fd: BorrowedFd<'_>, len: u64) -> Result<Option<OwnedFd>, crate::memfd::MemfdError> {
+fn covering_fd(
+    fd: BorrowedFd<'_>,
+    len: u64,
+) -> Result<Option<OwnedFd>, crossway_sys::memfd::MemfdError> {
     let have = rustix::fs::fstat(fd).map(|st| u64::try_from(st.st_size).unwrap_or(0));
     match have {
         Ok(have) if have >= len && fd_writable(fd) => Ok(None),
@@ -1089,11 +1089,14 @@ fn covering_fd(fd: BorrowedFd<'_>, len: u64) -> Result<Option<OwnedFd>, crate::m
                 ?have,
                 "host blob fd short or read-only: mapped through a copy"
             );
-            crate::memfd::covering_copy(fd, len).map(Some)
+            crossway_sys::memfd::covering_copy(fd, len).map(Some)
         }
     }
 }
 
+/// Whether a host blob may be mapped writable: its access mode allows writes and no write
+/// seal forbids them (a compositor's keymap is often a read-only or sealed memfd; mapping it
+/// RW fails, wayland-proxy-virtwl #37).
 fn fd_writable(fd: BorrowedFd<'_>) -> bool {
     use rustix::fs::{OFlags, SealFlags};
     let mode_ok = rustix::fs::fcntl_getfl(fd).is_ok_and(
