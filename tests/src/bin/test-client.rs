@@ -144,6 +144,10 @@ struct Args {
     /// Report this process's CPU time over the frames after the first.
     #[arg(long, value_name = "PID")]
     measure_pid: Option<u32>,
+    /// Once shown, time this many `wl_display.sync` round trips and report their median and
+    /// 99th percentile.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    sync_rtt: u32,
 }
 
 impl Args {
@@ -320,6 +324,22 @@ fn run(args: &Args) -> Result<(), String> {
     roundtrip(&mut queue, &mut state)?;
     state.shown = true;
     say("shown");
+    if args.sync_rtt > 0 {
+        let mut samples = Vec::with_capacity(args.sync_rtt as usize);
+        for _ in 0..args.sync_rtt {
+            let t = Instant::now();
+            roundtrip(&mut queue, &mut state)?;
+            samples.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        say(&format!(
+            "sync-rtt samples {} p50_us {:.0} p99_us {:.0}",
+            samples.len(),
+            at(0.5),
+            at(0.99)
+        ));
+    }
     let mut on_screen = 0;
 
     if args.frames > 0 {

@@ -106,12 +106,36 @@ serve_snapshot() {
     cp "$work/out/serve.json" "$work/out/serve-$1.json"
 }
 
+# utime + stime of PID in clock ticks (fields 14 and 15 of /proc/PID/stat, after the name).
+cpu_ticks() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{ print $12 + $13 }'; }
+
+# perf-NAME.start / .stop from the guest: serve's and QEMU's CPU ticks around a measurement.
+judge_perf() { # judge_perf FILE
+    local f=$1 name edge serve qemu
+    name=$(basename "$f")
+    edge=${name##*.}
+    name=${name%.*}
+    serve=$(cat "$work/backend.pid" 2>/dev/null)
+    qemu=$(pgrep -P "$(cat "$work/qemu.pid" 2>/dev/null)" | head -n 1)
+    echo "$(cpu_ticks "$serve") $(cpu_ticks "$qemu")" >"$work/out/$name.$edge-ticks"
+    case $edge in
+        start) echo go >"$work/out/$name.started" ;;
+        *) echo go >"$work/out/$name.stopped" ;;
+    esac
+}
+
 # Runs during the boot: for each NAME.ready the guest writes (lines: APP_ID ...), waits for
 # each window, screenshots it into NAME-APP_ID.png, snapshots serve's counters, writes
 # NAME.done with what it found.
 judge_loop() {
     local seen=" " f name key value match answer
     while :; do
+        for f in "$work/out"/perf-*.start "$work/out"/perf-*.stop; do
+            [ -e "$f" ] || continue
+            case $seen in *" $f "*) continue ;; esac
+            seen="$seen$f "
+            judge_perf "$f"
+        done
         for f in "$work/out"/*.ready; do
             [ -e "$f" ] || continue
             name=$(basename "$f" .ready)
@@ -144,6 +168,42 @@ pixels() {
     else
         bad "$1: $2: ${msg#"$work/out/"}"
     fi
+}
+
+# This shell's children's CPU time so far in ms (user + sys, from `times`, which must run in
+# this shell, not in a command substitution's fork).
+children_ms() { # children_ms VAR
+    times >"$work/times"
+    printf -v "$1" '%s' "$(awk 'NR == 2 {
+        split($0, f, /[ms ]+/)
+        print int((f[1] * 60 + f[2] + f[3] * 60 + f[4]) * 1000) }' "$work/times")"
+}
+
+# The same measurement through the loopback VM on this host (serve relaying to the same
+# headless compositor), for the figures' comparison; prints a figures line.
+loopback_perf() { # loopback_perf NAME WIDTH HEIGHT
+    local sock=$work/lb-$1.sock rt=$work/lb-$1 pid t0 t1 cpu
+    mkdir -p "$rt"
+    children_ms t0
+    NO_COLOR=1 "$proxy" serve --socket-path "$sock" --wayland-display "$work/host/wayland-0" \
+        --vm-name lb >"$work/lb-serve-$1.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
+    local TIMEFORMAT='%U %S'
+    cpu=$({ time XDG_RUNTIME_DIR=$rt NO_COLOR=1 "$proxy" vm --serve-socket "$sock" -- \
+        "$bin_dir/crossway-agent" -- "$bin_dir/crossway-test-client" --buffer shm \
+        --app-id "lb-$1" --title "lb-$1" --width "$2" --height "$3" --frames 60 --sync-rtt 200 \
+        >"$work/out/lb-perf-$1.log" 2>&1; } 2>&1) || true
+    # serve ends when the loopback VM disconnects. Its CPU time is what it added to this
+    # shell's children's (`times`) besides the guest side's (`time`).
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    children_ms t1
+    local rtt fps
+    rtt=$(sed -n 's/^sync-rtt samples [0-9]* //p' "$work/out/lb-perf-$1.log")
+    fps=$(sed -n 's/^frames 60 seconds [0-9.]* fps //p' "$work/out/lb-perf-$1.log")
+    echo "loopback $1: sync round trip ${rtt:-?}, paced fps ${fps:-?}, serve CPU $((t1 - t0 - $(awk '{ printf "%d", ($1 + $2) * 1000 }' <<<"$cpu"))) ms, guest side (vm, agent, client; user sys, s) $cpu"
 }
 
 scenario_check() {
@@ -204,6 +264,24 @@ scenario_check() {
     reject "serve logged no panic" 'panicked' "$backend_log"
     reject "QEMU refused no SHMEM_MAP" 'too small|SHMEM_MAP failed|shmem' "$backend_log"
     reject "QEMU's stderr names no vhost-user error" 'vhost|backing store' "$qemu_log"
+    # Figures: serve's and QEMU's CPU over each measurement, beside the loopback VM's.
+    local name st sp
+    echo "vm/run: figures (60 paced frames after 200 wl_display.sync round trips; CPU over both; TCG):"
+    while read -r name line; do
+        read -r st <"$out/perf-$name.start-ticks" || st=
+        read -r sp <"$out/perf-$name.stop-ticks" || sp=
+        # shellcheck disable=SC2086 # two numbers each
+        set -- $st $sp
+        if [ $# -ne 4 ]; then
+            bad "perf $name: serve's or QEMU's CPU ticks missing ($st / $sp)"
+            continue
+        fi
+        echo "  real guest $name: $line, serve CPU $((($3 - $1) * 10)) ms, QEMU CPU $((($4 - $2) * 10)) ms" |
+            tee -a "$out/figures.txt"
+    done <"$out/figures"
+    loopback_perf small 64 48 | sed 's/^/  /' | tee -a "$out/figures.txt"
+    loopback_perf hd 1280 720 | sed 's/^/  /' | tee -a "$out/figures.txt"
+    expect "figures from the real guest" '^small rtt ' "$out/figures"
     grep -q wp_security_context_manager_v1 "$out/host-wayland-info.txt" ||
         bad "the headless host did not offer wp_security_context_manager_v1 (the denied global the guest must not see)"
 }
