@@ -3,7 +3,7 @@
 //! (`packaging/qemu/crossway-qemu-args`), served by `crossway-proxy serve` relaying to a
 //! headless compositor on this host. In the guest, `crossway-agent` on the real render node runs
 //! test clients (shm, guest blobs, HOST3D pools), two at once, a restart, wayland-info, the
-//! hostile cross-domain programs and weston-simple-shm; `crossway-xd-guest host-blob-window`
+//! hostile cross-domain programs, weston-simple-shm and a 1 MB paste of the host's clipboard; `crossway-xd-guest host-blob-window`
 //! draws into host memory mapped into the guest. The host judges pixels, titles and the
 //! counters of serve and the agents (tests/vm/scenarios/real-guest.sh lists each check).
 //!

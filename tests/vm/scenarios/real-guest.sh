@@ -124,6 +124,14 @@ judge_perf() { # judge_perf FILE
     esac
 }
 
+# copy FILE: wl-copy on the host offers out/FILE (until the scenario ends).
+judge_clipboard() { # judge_clipboard copy FILE
+    WAYLAND_DISPLAY=$work/host/wayland-0 timeout 300 wl-copy --foreground <"$work/out/$2" \
+        >/dev/null 2>"$work/wl-copy-host.log" &
+    echo $! >"$work/wl-copy.pid"
+    echo "shot copy $2: {\"ok\": \"offered\"}"
+}
+
 # Runs during the boot: for each NAME.ready the guest writes (lines: APP_ID ...), waits for
 # each window, screenshots it into NAME-APP_ID.png, snapshots serve's counters, writes
 # NAME.done with what it found.
@@ -144,6 +152,12 @@ judge_loop() {
             : >"$work/out/$name.judged"
             while read -r key value; do
                 [ -n "$value" ] || continue
+                case $key in
+                    copy)
+                        judge_clipboard "$key" "$value" >>"$work/out/$name.judged"
+                        continue
+                        ;;
+                esac
                 match="\"$key\": \"$value\""
                 answer=$(control "{\"wait_toplevel\": {$match, \"timeout_ms\": 90000}}")
                 echo "wait $value: $answer" >>"$work/out/$name.judged"
@@ -260,6 +274,14 @@ scenario_check() {
         ok "serve relayed $frames frames in all"
     else
         bad "serve relayed $frames frames (at least 7 expected)"
+    fi
+    if [ -s "$work/wl-copy.pid" ]; then kill "$(cat "$work/wl-copy.pid")" 2>/dev/null || true; fi
+    local pipe
+    pipe=$(stat_of "$out/agent-clip.json" .pipe_bytes)
+    if [ "$pipe" != "?" ] && [ "$pipe" -ge 1048576 ]; then
+        ok "clipboard: the agent moved $pipe bytes through its pipes (1 MB host to guest)"
+    elif [ -e "$out/clip-h2g.done" ]; then
+        bad "clipboard: the agent's pipes moved $pipe bytes, not the 1 MB pasted"
     fi
     reject "serve logged no panic" 'panicked' "$backend_log"
     reject "QEMU refused no SHMEM_MAP" 'too small|SHMEM_MAP failed|shmem' "$backend_log"
