@@ -14,6 +14,8 @@ use super::engine::op;
 use super::fault::{display, params, shm};
 use super::*;
 
+mod rotating;
+
 const ARGB8888: u32 = 0x3432_5241;
 const XRGB8888: u32 = 0x3432_5258;
 const NV12: u32 = 0x3231_564e;
