@@ -19,13 +19,13 @@ use libfuzzer_sys::fuzz_target;
 
 use crossway_relay::{
     BufferPath, ClientStats, GuestFd, GuestFdKind, Outgoing, Relay, RelayConfig, RelayError,
-    SyncBuffers,
+    SyncBuffers, SyncError,
 };
 
 struct CountSync;
 
 impl SyncBuffers for CountSync {
-    fn sync(&mut self, _: u32, ranges: &[(u64, u64)]) -> Result<u64, String> {
+    fn sync(&mut self, _: u32, ranges: &[(u64, u64)]) -> Result<u64, SyncError> {
         let mut total = 0u64;
         for &(start, len) in ranges {
             assert!(start.checked_add(len).is_some(), "range overflows");

@@ -23,6 +23,7 @@ use crossway_protocols::tables::ProtocolTable;
 use crossway_protocols::wire::{self, Arg, Fixed, ObjectId};
 use crossway_relay::{
     BufferPath, ClientStats, GuestFd, GuestFdKind, Outgoing, Relay, RelayConfig, SyncBuffers,
+    SyncError,
 };
 
 const FRAMES: usize = 64;
@@ -42,7 +43,7 @@ fn push(out: &mut Vec<u8>, request: bool, object: u32, iface: &str, opcode: u16,
 struct CountSync;
 
 impl SyncBuffers for CountSync {
-    fn sync(&mut self, _: u32, ranges: &[(u64, u64)]) -> Result<u64, String> {
+    fn sync(&mut self, _: u32, ranges: &[(u64, u64)]) -> Result<u64, SyncError> {
         Ok(ranges.iter().map(|r| r.1).sum())
     }
 }

@@ -4,21 +4,21 @@
 //! Every size is checked against the fd behind it (as the transport measured it) with `u64`
 //! checked arithmetic before the request that relies on it is forwarded, so the host compositor
 //! never maps past the end of guest memory. Copy-path buffers are refreshed from guest pages
-//! at `wl_surface.commit`, before the commit reaches the host.
+//! at `wl_surface.commit`, before the commit reaches the host: the pixels that buffer missed
+//! since the host last saw it, as [`super::damage::Tracked`] works out.
 
 use arrayvec::ArrayVec;
+use crossway_protocols::damage::{BufferLayout, Rect, copy_ranges};
 use crossway_protocols::dmabuf::{FormatModifier, PreferenceList};
 use crossway_protocols::wire::ObjectId;
 use drm_fourcc::DrmFourcc;
 
+use super::damage::{Refresh, Tracked};
 use super::fault::{Fault, display, params, shm};
 use super::{BufferPath, GuestFd, GuestFdKind, IdMap, SyncBuffers};
 
 /// Most planes a dmabuf has (linux-dmabuf's plane_idx limit).
 pub const MAX_PLANES: usize = 4;
-
-/// Damage rectangles kept per commit before falling back to the whole buffer.
-const MAX_DAMAGE_RECTS: usize = 64;
 
 /// What the transport said of one fd, as kept for a plane or pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +65,39 @@ impl Plane {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Buffer {
     planes: ArrayVec<Plane, MAX_PLANES>,
-    /// Copied whole once already (the first commit copies everything, damage or not).
-    synced: bool,
+    /// Width and height in pixels.
+    size: (i32, i32),
+    /// Bytes per pixel of plane 0 when it is the only plane and the format is known: damage
+    /// then maps to bytes; otherwise a damaged buffer is copied whole.
+    bytes_per_pixel: Option<u32>,
+}
+
+impl Buffer {
+    /// Where plane 0's pixels lie, when damage can be mapped to its bytes.
+    fn layout(&self) -> Option<BufferLayout> {
+        let [plane] = self.planes.as_slice() else {
+            return None;
+        };
+        Some(BufferLayout {
+            offset: plane.offset,
+            width: self.size.0,
+            height: self.size.1,
+            stride: i32::try_from(plane.stride).ok()?,
+            bytes_per_pixel: self.bytes_per_pixel?,
+        })
+    }
+
+    /// Whether a copy-path plane of `self` shares bytes of a resource with one of `other`.
+    fn overlaps(&self, other: &Buffer) -> bool {
+        let copied = |p: &&Plane| p.memory.path == BufferPath::Copy && p.memory.resource.is_some();
+        self.planes.iter().filter(copied).any(|a| {
+            other.planes.iter().filter(copied).any(|b| {
+                a.memory.resource == b.memory.resource
+                    && a.offset < b.offset + b.bytes()
+                    && b.offset < a.offset + a.bytes()
+            })
+        })
+    }
 }
 
 fn buffer_path(planes: &[Plane]) -> BufferPath {
@@ -104,21 +135,10 @@ struct Params {
     pending: Option<Buffer>,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Damage {
-    #[default]
-    None,
-    Full,
-    Rows,
-}
-
 #[derive(Debug, Default)]
 struct Surface {
     /// `attach` since the last commit: `Some(None)` detaches.
     attached: Option<Option<ObjectId>>,
-    damage: Damage,
-    /// Buffer rows `[start, end)` damaged, when `damage` is `Rows`.
-    rows: Vec<(i64, i64)>,
 }
 
 /// What a commit did.
@@ -137,6 +157,8 @@ pub struct Buffers {
     buffers: IdMap<Buffer>,
     params: IdMap<Params>,
     surfaces: IdMap<Surface>,
+    /// Damage and what each copy-path buffer missed.
+    damage: Tracked,
     /// Scratch: (resource, offset, length) to refresh at a commit.
     spans: Vec<(u32, u64, u64)>,
     /// Scratch: merged ranges of one resource.
@@ -197,6 +219,12 @@ impl Buffers {
         self.buffers.remove(&k);
         self.params.remove(&k);
         self.surfaces.remove(&k);
+        self.damage.forget(id);
+    }
+
+    /// Surface damage and geometry, for the requests the engine hands on unchanged.
+    pub fn damage(&mut self) -> &mut Tracked {
+        &mut self.damage
     }
 
     /// `wl_shm.create_pool(pool, fd, size)`.
@@ -312,11 +340,15 @@ impl Buffers {
             stride,
             rows: height,
         });
-        self.buffers.insert(
-            buffer.get(),
+        self.insert_buffer(
+            buffer,
             Buffer {
                 planes,
-                synced: false,
+                size: (
+                    i32::try_from(width).unwrap_or(i32::MAX),
+                    i32::try_from(height).unwrap_or(i32::MAX),
+                ),
+                bytes_per_pixel: bytes_per_pixel(format).and_then(|b| u32::try_from(b).ok()),
             },
         );
         Ok(memory.path)
@@ -325,6 +357,12 @@ impl Buffers {
     /// `wl_buffer.destroy`.
     pub fn destroy_buffer(&mut self, buffer: ObjectId) {
         self.buffers.remove(&buffer.get());
+        self.damage.forget_buffer(buffer);
+    }
+
+    fn insert_buffer(&mut self, id: ObjectId, buffer: Buffer) {
+        self.damage.forget_buffer(id);
+        self.buffers.insert(id.get(), buffer);
     }
 
     /// `zwp_linux_dmabuf_v1.create_params(params)`.
@@ -483,14 +521,17 @@ impl Buffers {
             });
         }
         let path = buffer_path(&planes);
+        let single = planes.len() == 1;
         let made = Buffer {
             planes,
-            synced: false,
+            // Both positive i32s, checked above.
+            size: (width, height),
+            bytes_per_pixel: bytes_per_pixel(format)
+                .filter(|_| single)
+                .and_then(|b| u32::try_from(b).ok()),
         };
         match buffer {
-            Some(b) => {
-                self.buffers.insert(b.get(), made);
-            }
+            Some(b) => self.insert_buffer(b, made),
             None => p.pending = Some(made),
         }
         Ok(path)
@@ -503,7 +544,7 @@ impl Buffers {
             .get_mut(&id.get())
             .and_then(|p| p.pending.take())
         {
-            self.buffers.insert(buffer.get(), made);
+            self.insert_buffer(buffer, made);
         }
     }
 
@@ -512,61 +553,55 @@ impl Buffers {
         self.surfaces.entry(surface.get()).or_default().attached = Some(buffer);
     }
 
-    /// `wl_surface.damage`: surface coordinates, so (without tracking scale, transform and
-    /// viewport) the whole buffer.
-    pub fn damage_surface(&mut self, surface: ObjectId) {
-        self.surfaces.entry(surface.get()).or_default().damage = Damage::Full;
+    /// `wl_surface.damage`: surface-local coordinates.
+    pub fn damage_surface(&mut self, surface: ObjectId, x: i32, y: i32, width: i32, height: i32) {
+        self.damage
+            .damage_surface(surface, Rect::new(x, y, width, height));
     }
 
-    /// `wl_surface.damage_buffer(x, y, width, height)`: exact rows.
-    pub fn damage_buffer(&mut self, surface: ObjectId, _x: i32, y: i32, width: i32, height: i32) {
-        let s = self.surfaces.entry(surface.get()).or_default();
-        if width <= 0 || height <= 0 || s.damage == Damage::Full {
-            return;
-        }
-        if s.damage == Damage::None {
-            s.rows.clear();
-        }
-        if s.rows.len() >= MAX_DAMAGE_RECTS {
-            s.damage = Damage::Full;
-            return;
-        }
-        let y = i64::from(y);
-        s.rows.push((y, y + i64::from(height)));
-        s.damage = Damage::Rows;
+    /// `wl_surface.damage_buffer`: buffer pixels.
+    pub fn damage_buffer(&mut self, surface: ObjectId, x: i32, y: i32, width: i32, height: i32) {
+        self.damage
+            .damage_buffer(surface, Rect::new(x, y, width, height));
     }
 
     /// `wl_surface.destroy`.
     pub fn destroy_surface(&mut self, surface: ObjectId) {
         self.surfaces.remove(&surface.get());
+        self.damage.destroy_surface(surface);
     }
 
-    /// `wl_surface.commit`: refreshes a copy-path buffer's damaged rows before the commit is
-    /// forwarded.
+    /// `wl_surface.commit`: refreshes what a copy-path buffer missed since the host last saw
+    /// it, before the commit is forwarded.
     pub fn commit(
         &mut self,
         surface: ObjectId,
         sync: &mut dyn SyncBuffers,
     ) -> Result<Committed, Fault> {
-        let Some(s) = self.surfaces.get_mut(&surface.get()) else {
-            return Ok(Committed::default());
-        };
-        let attached = s.attached.take();
-        let damage = std::mem::take(&mut s.damage);
-        let Some(Some(buffer)) = attached else {
-            return Ok(Committed::default());
+        let attached = self
+            .surfaces
+            .get_mut(&surface.get())
+            .and_then(|s| s.attached.take());
+        let buffer = match attached {
+            Some(Some(buffer)) => buffer,
+            other => {
+                self.damage.commit_unchanged(surface, other.is_some());
+                return Ok(Committed::default());
+            }
         };
         let mut done = Committed {
             frame: true,
             copied: 0,
         };
-        let Some(b) = self.buffers.get_mut(&buffer.get()) else {
+        let Some(b) = self.buffers.get(&buffer.get()) else {
+            self.damage.commit_unchanged(surface, true);
             return Ok(done);
         };
+        let refresh = self.damage.commit(surface, buffer, b.size);
         // Zero-copy planes are skipped below, so a zero-copy buffer refreshes nothing.
         self.spans.clear();
-        let first = !b.synced;
-        for (i, plane) in b.planes.iter().enumerate() {
+        let layout = b.layout();
+        for plane in &b.planes {
             if plane.memory.path != BufferPath::Copy {
                 continue;
             }
@@ -577,27 +612,36 @@ impl Buffers {
                     "copy-path buffer has no resource to refresh",
                 )
             })?;
-            match (first, damage) {
-                (false, Damage::None) => {}
-                (false, Damage::Rows) if i == 0 => {
-                    for &(y0, y1) in &s.rows {
-                        let rows = i64::try_from(plane.rows).unwrap_or(i64::MAX);
-                        let (y0, y1) = (y0.clamp(0, rows), y1.clamp(0, rows));
-                        if y0 < y1 {
-                            // Within the plane: 0 <= y0 < y1 <= rows.
-                            let (y0, y1) = (y0 as u64, y1 as u64);
-                            self.spans.push((
-                                resource,
-                                plane.offset + y0 * plane.stride,
-                                (y1 - y0) * plane.stride,
-                            ));
-                        }
+            let whole = (resource, plane.offset, plane.bytes());
+            match (&refresh, layout) {
+                (Refresh::Nothing, _) => {}
+                (Refresh::Region(region), Some(layout)) => {
+                    // Exact rectangles, not whole rows: with weston-simple-damage they copy a
+                    // tenth of the bytes for the same serve CPU time (one `pwrite` per row
+                    // piece costs about what the bytes saved do; docs/results/2026-12-04-*).
+                    // Checked at creation, so an error here is the relay's own bug: copy all.
+                    match copy_ranges(&layout, region, plane.memory.size) {
+                        Ok(ranges) => self
+                            .spans
+                            .extend(ranges.iter().map(|r| (resource, r.start, r.end - r.start))),
+                        Err(_) => self.spans.push(whole),
                     }
                 }
-                _ => self.spans.push((resource, plane.offset, plane.bytes())),
+                _ => self.spans.push(whole),
             }
         }
-        b.synced = true;
+        if !self.spans.is_empty() {
+            // Buffers over the same bytes now hold what this one does: the tracker's idea of
+            // them is out of date, so they are copied whole next time.
+            for (&other, o) in &self.buffers {
+                if other != buffer.get()
+                    && b.overlaps(o)
+                    && let Some(other) = ObjectId::new(other)
+                {
+                    self.damage.forget_buffer(other);
+                }
+            }
+        }
         self.spans.sort_unstable();
         let mut rest = &self.spans[..];
         while let Some(&(resource, _, _)) = rest.first() {

@@ -30,7 +30,13 @@ pub(super) mod op {
     pub const SURFACE_ATTACH: u16 = 1;
     pub const SURFACE_DAMAGE: u16 = 2;
     pub const SURFACE_COMMIT: u16 = 6;
+    pub const SURFACE_SET_BUFFER_TRANSFORM: u16 = 7;
+    pub const SURFACE_SET_BUFFER_SCALE: u16 = 8;
     pub const SURFACE_DAMAGE_BUFFER: u16 = 9;
+    pub const VIEWPORTER_GET_VIEWPORT: u16 = 1;
+    pub const VIEWPORT_DESTROY: u16 = 0;
+    pub const VIEWPORT_SET_SOURCE: u16 = 1;
+    pub const VIEWPORT_SET_DESTINATION: u16 = 2;
     pub const DMABUF_CREATE_PARAMS: u16 = 1;
     pub const PARAMS_DESTROY: u16 = 0;
     pub const PARAMS_ADD: u16 = 1;
@@ -116,7 +122,7 @@ fn shape(interface: &str, message: &str) -> Fault {
 fn is_tracked(interface: &str) -> bool {
     matches!(
         interface,
-        "wl_surface" | "wl_buffer" | "wl_shm_pool" | "zwp_linux_buffer_params_v1"
+        "wl_surface" | "wl_buffer" | "wl_shm_pool" | "zwp_linux_buffer_params_v1" | "wp_viewport"
     )
 }
 
@@ -265,12 +271,21 @@ impl Relay {
                 };
                 self.buffers.attach(sender, *buffer);
             }
-            ("wl_surface", op::SURFACE_DAMAGE) => self.buffers.damage_surface(sender),
-            ("wl_surface", op::SURFACE_DAMAGE_BUFFER) => {
+            ("wl_surface", op::SURFACE_DAMAGE | op::SURFACE_DAMAGE_BUFFER) => {
                 let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
                     return Err(shape(iface, name));
                 };
-                self.buffers.damage_buffer(sender, *x, *y, *w, *h);
+                if opcode == op::SURFACE_DAMAGE {
+                    self.buffers.damage_surface(sender, *x, *y, *w, *h);
+                } else {
+                    self.buffers.damage_buffer(sender, *x, *y, *w, *h);
+                }
+            }
+            ("wl_surface", op::SURFACE_SET_BUFFER_TRANSFORM | op::SURFACE_SET_BUFFER_SCALE)
+            | ("wp_viewporter", op::VIEWPORTER_GET_VIEWPORT)
+            | ("wp_viewport", _) => {
+                super::damage::geometry(self.buffers.damage(), sender, iface, opcode, args)
+                    .map_err(|()| shape(iface, name))?;
             }
             ("wl_surface", op::SURFACE_COMMIT) => {
                 let done = self.buffers.commit(sender, sync)?;

@@ -12,6 +12,7 @@
 //! (cross-domain RECEIVE carries at most 3744 bytes) sends each fd no later than its message.
 
 pub mod buffers;
+pub mod damage;
 pub mod fault;
 pub mod policy;
 pub mod registry;
@@ -75,7 +76,19 @@ pub struct GuestFd {
 pub trait SyncBuffers {
     /// Copies `ranges` (byte offset, length) of `resource` from guest pages into its host
     /// memfd; returns the bytes copied.
-    fn sync(&mut self, resource: u32, ranges: &[(u64, u64)]) -> Result<u64, String>;
+    fn sync(&mut self, resource: u32, ranges: &[(u64, u64)]) -> Result<u64, SyncError>;
+}
+
+/// Why a copy-path buffer could not be refreshed; the relay answers the guest with
+/// `wl_display.error` (implementation) and ends that client.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// This transport has no guest pages behind its fds (the socket front).
+    #[error("this transport cannot refresh buffers")]
+    Unsupported,
+    /// The device refused or failed the copy (a range past the resource, a resource gone).
+    #[error("the device could not copy guest pages: {0}")]
+    Device(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// For transports whose buffers never need a refresh (the socket front).
@@ -83,10 +96,8 @@ pub trait SyncBuffers {
 pub struct NoSync;
 
 impl SyncBuffers for NoSync {
-    fn sync(&mut self, resource: u32, _ranges: &[(u64, u64)]) -> Result<u64, String> {
-        Err(format!(
-            "resource {resource} cannot be refreshed on this transport"
-        ))
+    fn sync(&mut self, _resource: u32, _ranges: &[(u64, u64)]) -> Result<u64, SyncError> {
+        Err(SyncError::Unsupported)
     }
 }
 

@@ -203,7 +203,7 @@ impl Events {
 struct RecordSync(Vec<(u32, Vec<(u64, u64)>)>);
 
 impl SyncBuffers for RecordSync {
-    fn sync(&mut self, resource: u32, ranges: &[(u64, u64)]) -> Result<u64, String> {
+    fn sync(&mut self, resource: u32, ranges: &[(u64, u64)]) -> Result<u64, SyncError> {
         self.0.push((resource, ranges.to_vec()));
         Ok(ranges.iter().map(|r| r.1).sum())
     }
@@ -438,6 +438,32 @@ fn opcodes_match_the_tables() {
     check("wl_surface", R, op::SURFACE_DAMAGE, "damage");
     check("wl_surface", R, op::SURFACE_COMMIT, "commit");
     check("wl_surface", R, op::SURFACE_DAMAGE_BUFFER, "damage_buffer");
+    check(
+        "wl_surface",
+        R,
+        op::SURFACE_SET_BUFFER_TRANSFORM,
+        "set_buffer_transform",
+    );
+    check(
+        "wl_surface",
+        R,
+        op::SURFACE_SET_BUFFER_SCALE,
+        "set_buffer_scale",
+    );
+    check(
+        "wp_viewporter",
+        R,
+        op::VIEWPORTER_GET_VIEWPORT,
+        "get_viewport",
+    );
+    check("wp_viewport", R, op::VIEWPORT_DESTROY, "destroy");
+    check("wp_viewport", R, op::VIEWPORT_SET_SOURCE, "set_source");
+    check(
+        "wp_viewport",
+        R,
+        op::VIEWPORT_SET_DESTINATION,
+        "set_destination",
+    );
     check(
         "zwp_linux_dmabuf_v1",
         R,
@@ -1093,7 +1119,7 @@ fn copy_path_commit_copies_merged_damaged_rows_before_forwarding() {
 }
 
 #[test]
-fn copy_path_surface_damage_copies_whole_buffer() {
+fn copy_path_surface_damage_copies_its_buffer_pixels() {
     let mut h = copy_buffer();
     h.guest(frame(&[]).0, vec![]).unwrap();
     h.sync.0.clear();
@@ -1102,9 +1128,56 @@ fn copy_path_surface_damage_copies_whole_buffer() {
         .req(
             7,
             "wl_surface",
-            2,
+            op::SURFACE_DAMAGE,
             &[Arg::Int(0), Arg::Int(0), Arg::Int(1), Arg::Int(1)],
         )
+        .commit();
+    h.guest(r.0, vec![]).unwrap();
+    assert_eq!(h.sync.0, [(11, vec![(4096, 4)])]);
+}
+
+#[test]
+fn copy_path_surface_damage_follows_buffer_scale() {
+    let mut h = copy_buffer();
+    let scale = |r: Requests| {
+        r.req(
+            7,
+            "wl_surface",
+            op::SURFACE_SET_BUFFER_SCALE,
+            &[Arg::Int(2)],
+        )
+    };
+    h.guest(scale(Requests::default()).attach(9).commit().0, vec![])
+        .unwrap();
+    h.sync.0.clear();
+    let r = Requests::default()
+        .attach(9)
+        .req(
+            7,
+            "wl_surface",
+            op::SURFACE_DAMAGE,
+            &[Arg::Int(1), Arg::Int(1), Arg::Int(1), Arg::Int(1)],
+        )
+        .commit();
+    h.guest(r.0, vec![]).unwrap();
+    // Surface pixel (1, 1) is buffer pixels (2..4, 2..4): 8 bytes of rows 2 and 3.
+    let at = |row: u64| 4096 + row * 256 + 8;
+    assert_eq!(h.sync.0, [(11, vec![(at(2), 8), (at(3), 8)])]);
+}
+
+#[test]
+fn copy_path_new_buffer_scale_copies_whole_buffer() {
+    let mut h = copy_buffer();
+    h.guest(frame(&[]).0, vec![]).unwrap();
+    h.sync.0.clear();
+    let r = Requests::default()
+        .req(
+            7,
+            "wl_surface",
+            op::SURFACE_SET_BUFFER_SCALE,
+            &[Arg::Int(2)],
+        )
+        .attach(9)
         .commit();
     h.guest(r.0, vec![]).unwrap();
     assert_eq!(h.sync.0, [(11, vec![(4096, 25600)])]);
@@ -1133,8 +1206,8 @@ fn copy_path_destroyed_buffer_is_not_synced() {
 fn copy_path_sync_failure_is_guest_error() {
     struct Failing;
     impl SyncBuffers for Failing {
-        fn sync(&mut self, _: u32, _: &[(u64, u64)]) -> Result<u64, String> {
-            Err("gone".into())
+        fn sync(&mut self, _: u32, _: &[(u64, u64)]) -> Result<u64, SyncError> {
+            Err(SyncError::Device("gone".into()))
         }
     }
     let mut h = copy_buffer();

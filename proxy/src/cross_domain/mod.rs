@@ -45,7 +45,7 @@ use worker::lock;
 use crate::host::HostConnector;
 use crossway_relay::{
     BufferPath, GuestFd, GuestFdKind, Outgoing, Relay, RelayConfig, RelayError, SyncBuffers,
-    VmStats,
+    SyncError, VmStats,
 };
 
 /// The guest's page size: blob sizes are whole pages.
@@ -212,10 +212,10 @@ fn invalid(what: impl std::fmt::Display) -> ContextError {
 struct ResourceSync<'a>(&'a mut dyn ContextResources);
 
 impl SyncBuffers for ResourceSync<'_> {
-    fn sync(&mut self, resource: u32, ranges: &[(u64, u64)]) -> Result<u64, String> {
+    fn sync(&mut self, resource: u32, ranges: &[(u64, u64)]) -> Result<u64, SyncError> {
         self.0
             .sync(ResourceId(resource), ranges)
-            .map_err(|e| e.to_string())
+            .map_err(|e| SyncError::Device(Box::new(e)))
     }
 }
 

@@ -13,7 +13,7 @@ struct Mirror {
 }
 
 impl SyncBuffers for Mirror {
-    fn sync(&mut self, resource: u32, ranges: &[(u64, u64)]) -> Result<u64, String> {
+    fn sync(&mut self, resource: u32, ranges: &[(u64, u64)]) -> Result<u64, SyncError> {
         assert_eq!(resource, self.resource);
         let mut n = 0;
         for &(start, len) in ranges {
@@ -32,7 +32,7 @@ const BUFFER_BYTES: i32 = STRIDE * H;
 const BALL: i32 = 4;
 
 /// Buffer ids, all in pool 8 of resource 11, one after the other.
-const BUFFERS: [u32; 3] = [9, 10, 12];
+const BUFFERS: [u32; 3] = [9, 10, 11];
 
 /// Where the ball of frame `n` is: it moves down and right, so consecutive balls share no row.
 fn ball(n: i32) -> (i32, i32) {
@@ -141,5 +141,47 @@ fn rotating_buffers_copy_only_what_each_missed() {
     assert_eq!(copied[..2], [BUFFER_BYTES as u64; 2]);
     // Then each buffer missed two frames: at most three balls, each BALL rows.
     let most = 3 * BALL as u64 * STRIDE as u64;
-    assert!(copied[2..].iter().all(|&c| c > 0 && c <= most), "{copied:?}");
+    assert!(
+        copied[2..].iter().all(|&c| c > 0 && c <= most),
+        "{copied:?}"
+    );
+}
+
+#[test]
+fn overlapping_buffer_is_copied_whole_after_the_other_is_copied() {
+    // Buffers 9 and 10 over the same bytes (offset 0), each shown once.
+    let pool = BUFFER_BYTES;
+    let mut r = Requests::default().create_pool(pool);
+    for b in [9, 10] {
+        r = r.req(
+            8,
+            "wl_shm_pool",
+            0,
+            &[
+                Arg::NewId(id(b)),
+                Arg::Int(0),
+                Arg::Int(W),
+                Arg::Int(H),
+                Arg::Int(STRIDE),
+                Arg::Uint(1),
+            ],
+        );
+    }
+    let mut h = Harness::bound();
+    h.guest(r.0, vec![mem(pool as u64, BufferPath::Copy, Some(11))])
+        .unwrap();
+    for b in [9, 10] {
+        h.guest(Requests::default().attach(b).commit().0, vec![])
+            .unwrap();
+    }
+    h.sync.0.clear();
+    // Buffer 10 was copied whole after 9's copy: 9 is copied whole again, damage or not.
+    h.guest(
+        damage_buffer(Requests::default().attach(9), (0, 0, 1, 1))
+            .commit()
+            .0,
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(h.sync.0, [(11, vec![(0, BUFFER_BYTES as u64)])]);
 }

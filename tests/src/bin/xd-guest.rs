@@ -15,6 +15,10 @@
 //! - `host-blob-window`: the same with sommelier's buffers: GET_IMAGE_REQUIREMENTS, a HOST3D
 //!   blob mapped and filled at the host's stride, used as the pool (compositor v4,
 //!   `damage_buffer`). Prints `image stride S size N`, then as above with `host-blob`.
+//! - `rotating-window`: a client drawing with buffer age (compositor v4): three buffers in one
+//!   guest blob, used in turn; `--frames` frames of pattern A with a black ball moving down
+//!   and right, each damaging (`damage_buffer`) only the balls it erased and drew; the last
+//!   frame erases the ball. Prints `configured`, `buffer WxH rotating`, `frame N`, `shown`.
 //! - `clipboard-paste`: wl-paste's sequence (seat, keyboard, data device, a 1x1 window for
 //!   focus); on `selection` it asks for text through a read pipe and prints `pasted TEXT`
 //!   (`--read-first`: waits for the text before dropping its window and syncing).
@@ -71,6 +75,7 @@ enum Scenario {
     Registry,
     ShmWindow,
     HostBlobWindow,
+    RotatingWindow,
     ClipboardPaste,
     Keymap,
     BadResource,
@@ -502,6 +507,14 @@ fn buffer(
     w: u32,
     h: u32,
 ) -> Result<u32> {
+    let pool = blob_pool(c, shm, res, pool_size)?;
+    let buf = pool_buffer(c, pool, offset, stride, w, h)?;
+    c.request(pool, "destroy", &[], &[])?;
+    Ok(buf)
+}
+
+/// A `wl_shm_pool` over guest blob `res`.
+fn blob_pool(c: &mut Conn, shm: u32, res: u32, size: u64) -> Result<u32> {
     let pool = c.new_id();
     c.request(
         shm,
@@ -509,10 +522,15 @@ fn buffer(
         &[
             Arg::NewId(oid(pool)?),
             Arg::Fd,
-            Arg::Int(i32::try_from(pool_size)?),
+            Arg::Int(i32::try_from(size)?),
         ],
         &[SendId::Blob(res)],
     )?;
+    Ok(pool)
+}
+
+/// An XRGB8888 `wl_buffer` of `pool` at `offset`.
+fn pool_buffer(c: &mut Conn, pool: u32, offset: u32, stride: u32, w: u32, h: u32) -> Result<u32> {
     let buf = c.new_id();
     c.request(
         pool,
@@ -527,7 +545,6 @@ fn buffer(
         ],
         &[],
     )?;
-    c.request(pool, "destroy", &[], &[])?;
     Ok(buf)
 }
 
@@ -539,24 +556,32 @@ fn commit_frame(
     cli: &Cli,
     damage_buffer: bool,
 ) -> Result<()> {
+    let damage = if damage_buffer {
+        "damage_buffer"
+    } else {
+        "damage"
+    };
+    commit_damaged(c, surface, buf, damage, &[[0, 0, cli.width, cli.height]])
+}
+
+/// Attach `buf`, `damage` (the request's name) each of `rects` (x, y, width, height), ask for a
+/// frame callback, commit, and wait for it.
+fn commit_damaged(
+    c: &mut Conn,
+    surface: u32,
+    buf: u32,
+    damage: &str,
+    rects: &[[u32; 4]],
+) -> Result<()> {
     c.request(
         surface,
         "attach",
         &[Arg::Object(Some(oid(buf)?)), Arg::Int(0), Arg::Int(0)],
         &[],
     )?;
-    let rect = [
-        Arg::Int(0),
-        Arg::Int(0),
-        Arg::Int(cli.width as i32),
-        Arg::Int(cli.height as i32),
-    ];
-    let damage = if damage_buffer {
-        "damage_buffer"
-    } else {
-        "damage"
-    };
-    c.request(surface, damage, &rect, &[])?;
+    for rect in rects {
+        c.request(surface, damage, &rect.map(|v| Arg::Int(v as i32)), &[])?;
+    }
     let cb = c.new_id();
     c.request(surface, "frame", &[Arg::NewId(oid(cb)?)], &[])?;
     c.request(surface, "commit", &[], &[])?;
@@ -716,6 +741,61 @@ fn host_blob_window(c: &mut Conn, cli: &Cli) -> Result<()> {
     say(&format!("buffer {w}x{h} host-blob"))?;
     present(c, surface, &[buf], cli, true)?;
     change(c, surface, buf, cli, true, || redraw(Pattern::B))?;
+    c.hold(cli.hold_until.as_deref())
+}
+
+/// Side of the ball `rotating-window` moves.
+const BALL: u32 = 6;
+
+/// Where frame `n` draws its ball (x, y): consecutive balls share no row.
+fn ball(n: u32, w: u32, h: u32) -> (u32, u32) {
+    ((n * 5) % (w - BALL), (n * (BALL + 2)) % (h - BALL))
+}
+
+fn rotating_window(c: &mut Conn, cli: &Cli) -> Result<()> {
+    let (compositor, wm, shm) = window_globals(c, 4)?;
+    let (surface, _, _) = toplevel(c, compositor, wm, cli)?;
+    let (w, h) = (cli.width, cli.height);
+    ensure!(w > BALL && h > BALL, "window smaller than the ball");
+    let stride = w * 4;
+    let one = u64::from(stride) * u64::from(h);
+    let blob = c.ch.create_guest_blob(3 * one)?;
+    let pool = blob_pool(c, shm, blob.res_id, 3 * one)?;
+    let mut buffers = Vec::new();
+    for i in 0..3 {
+        let offset = u32::try_from(i * one)?;
+        let buf = pool_buffer(c, pool, offset, stride, w, h)?;
+        buffers.push((buf, offset as usize));
+    }
+    say(&format!("buffer {w}x{h} rotating"))?;
+    let frames = cli.frames.max(2);
+    for n in 0..frames {
+        let (buf, offset) = buffers[n as usize % 3];
+        // The whole picture, as a client repairing its buffer from its age would leave it.
+        draw(&blob.mapping, offset, stride as usize, w, h, Pattern::A)?;
+        let last = n + 1 == frames;
+        if !last {
+            let (x, y) = ball(n, w, h);
+            let black = vec![0u8; BALL as usize * 4];
+            for row in y..y + BALL {
+                blob.mapping
+                    .write_at(offset + (row * stride + x * 4) as usize, &black)?;
+            }
+        }
+        let rect = |(x, y): (u32, u32)| [x, y, BALL, BALL];
+        let mut damage = vec![];
+        if n == 0 {
+            damage.push([0, 0, w, h]);
+        } else {
+            damage.push(rect(ball(n - 1, w, h)));
+            if !last {
+                damage.push(rect(ball(n, w, h)));
+            }
+        }
+        commit_damaged(c, surface, buf, "damage_buffer", &damage)?;
+        say(&format!("frame {}", n + 1))?;
+    }
+    say("shown")?;
     c.hold(cli.hold_until.as_deref())
 }
 
@@ -970,6 +1050,7 @@ fn run(cli: &Cli) -> Result<()> {
         Scenario::Registry => |c, _| registry(c),
         Scenario::ShmWindow => shm_window,
         Scenario::HostBlobWindow => host_blob_window,
+        Scenario::RotatingWindow => rotating_window,
         Scenario::ClipboardPaste => clipboard_paste,
         Scenario::Keymap => |c, _| keymap(c),
     };
