@@ -597,8 +597,12 @@ impl Buffers {
             self.damage.commit_unchanged(surface, true);
             return Ok(done);
         };
+        if !b.planes.iter().any(|p| p.memory.path == BufferPath::Copy) {
+            // Nothing to refresh: the host reads the guest's pages.
+            self.damage.commit_zero_copy(surface);
+            return Ok(done);
+        }
         let refresh = self.damage.commit(surface, buffer, b.size);
-        // Zero-copy planes are skipped below, so a zero-copy buffer refreshes nothing.
         self.spans.clear();
         let layout = b.layout();
         for plane in &b.planes {

@@ -156,6 +156,17 @@ impl Tracked {
         s.damage.commit(s.shown);
     }
 
+    /// `wl_surface.commit` showing a zero-copy buffer: its damage needs no copy, and the
+    /// copy-path buffers the surface showed before no longer know what they missed (copied
+    /// whole if shown again).
+    pub fn commit_zero_copy(&mut self, surface: ObjectId) {
+        if let Some(s) = self.surfaces.get_mut(&surface.get()) {
+            s.shown = None;
+            s.damage.commit(None);
+        }
+        self.stale.forget_surface(surface.get());
+    }
+
     /// `wl_surface.commit` showing `buffer` of `size` pixels: what of it the host memfd lacks.
     pub fn commit(&mut self, surface: ObjectId, buffer: ObjectId, size: (i32, i32)) -> Refresh {
         let s = self.surface(surface);
