@@ -106,6 +106,20 @@ impl Requests {
             &[Arg::Object(Some(id(buffer))), Arg::Int(0), Arg::Int(0)],
         )
     }
+    /// `wl_surface.damage(x, y, width, height)` on surface 7.
+    fn damage(self, x: i32, y: i32, width: i32, height: i32) -> Self {
+        let rect = [Arg::Int(x), Arg::Int(y), Arg::Int(width), Arg::Int(height)];
+        self.req(7, "wl_surface", op::SURFACE_DAMAGE, &rect)
+    }
+    /// `wl_surface.set_buffer_scale(scale)` on surface 7.
+    fn buffer_scale(self, scale: i32) -> Self {
+        self.req(
+            7,
+            "wl_surface",
+            op::SURFACE_SET_BUFFER_SCALE,
+            &[Arg::Int(scale)],
+        )
+    }
     /// `wl_surface.commit` on surface 7.
     fn commit(self) -> Self {
         self.req(7, "wl_surface", 6, &[])
@@ -438,32 +452,29 @@ fn opcodes_match_the_tables() {
     check("wl_surface", R, op::SURFACE_DAMAGE, "damage");
     check("wl_surface", R, op::SURFACE_COMMIT, "commit");
     check("wl_surface", R, op::SURFACE_DAMAGE_BUFFER, "damage_buffer");
-    check(
-        "wl_surface",
-        R,
-        op::SURFACE_SET_BUFFER_TRANSFORM,
-        "set_buffer_transform",
-    );
-    check(
-        "wl_surface",
-        R,
-        op::SURFACE_SET_BUFFER_SCALE,
-        "set_buffer_scale",
-    );
-    check(
-        "wp_viewporter",
-        R,
-        op::VIEWPORTER_GET_VIEWPORT,
-        "get_viewport",
-    );
-    check("wp_viewport", R, op::VIEWPORT_DESTROY, "destroy");
-    check("wp_viewport", R, op::VIEWPORT_SET_SOURCE, "set_source");
-    check(
-        "wp_viewport",
-        R,
-        op::VIEWPORT_SET_DESTINATION,
-        "set_destination",
-    );
+    // The geometry requests the damage tracker follows.
+    for (interface, opcode, name) in [
+        (
+            "wl_surface",
+            op::SURFACE_SET_BUFFER_TRANSFORM,
+            "set_buffer_transform",
+        ),
+        (
+            "wl_surface",
+            op::SURFACE_SET_BUFFER_SCALE,
+            "set_buffer_scale",
+        ),
+        ("wp_viewporter", op::VIEWPORTER_GET_VIEWPORT, "get_viewport"),
+        ("wp_viewport", op::VIEWPORT_DESTROY, "destroy"),
+        ("wp_viewport", op::VIEWPORT_SET_SOURCE, "set_source"),
+        (
+            "wp_viewport",
+            op::VIEWPORT_SET_DESTINATION,
+            "set_destination",
+        ),
+    ] {
+        check(interface, R, opcode, name);
+    }
     check(
         "zwp_linux_dmabuf_v1",
         R,
@@ -1123,15 +1134,7 @@ fn copy_path_surface_damage_copies_its_buffer_pixels() {
     let mut h = copy_buffer();
     h.guest(frame(&[]).0, vec![]).unwrap();
     h.sync.0.clear();
-    let r = Requests::default()
-        .attach(9)
-        .req(
-            7,
-            "wl_surface",
-            op::SURFACE_DAMAGE,
-            &[Arg::Int(0), Arg::Int(0), Arg::Int(1), Arg::Int(1)],
-        )
-        .commit();
+    let r = Requests::default().attach(9).damage(0, 0, 1, 1).commit();
     h.guest(r.0, vec![]).unwrap();
     assert_eq!(h.sync.0, [(11, vec![(4096, 4)])]);
 }
@@ -1139,26 +1142,10 @@ fn copy_path_surface_damage_copies_its_buffer_pixels() {
 #[test]
 fn copy_path_surface_damage_follows_buffer_scale() {
     let mut h = copy_buffer();
-    let scale = |r: Requests| {
-        r.req(
-            7,
-            "wl_surface",
-            op::SURFACE_SET_BUFFER_SCALE,
-            &[Arg::Int(2)],
-        )
-    };
-    h.guest(scale(Requests::default()).attach(9).commit().0, vec![])
-        .unwrap();
+    let r = Requests::default().buffer_scale(2).attach(9).commit();
+    h.guest(r.0, vec![]).unwrap();
     h.sync.0.clear();
-    let r = Requests::default()
-        .attach(9)
-        .req(
-            7,
-            "wl_surface",
-            op::SURFACE_DAMAGE,
-            &[Arg::Int(1), Arg::Int(1), Arg::Int(1), Arg::Int(1)],
-        )
-        .commit();
+    let r = Requests::default().attach(9).damage(1, 1, 1, 1).commit();
     h.guest(r.0, vec![]).unwrap();
     // Surface pixel (1, 1) is buffer pixels (2..4, 2..4): 8 bytes of rows 2 and 3.
     let at = |row: u64| 4096 + row * 256 + 8;
@@ -1170,15 +1157,7 @@ fn copy_path_new_buffer_scale_copies_whole_buffer() {
     let mut h = copy_buffer();
     h.guest(frame(&[]).0, vec![]).unwrap();
     h.sync.0.clear();
-    let r = Requests::default()
-        .req(
-            7,
-            "wl_surface",
-            op::SURFACE_SET_BUFFER_SCALE,
-            &[Arg::Int(2)],
-        )
-        .attach(9)
-        .commit();
+    let r = Requests::default().buffer_scale(2).attach(9).commit();
     h.guest(r.0, vec![]).unwrap();
     assert_eq!(h.sync.0, [(11, vec![(4096, 25600)])]);
 }

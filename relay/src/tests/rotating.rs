@@ -53,17 +53,17 @@ fn draw(guest: &mut [u8], b: usize, n: i32) {
     }
 }
 
-fn setup(buffers: usize) -> (Harness, Mirror) {
-    let pool = BUFFER_BYTES * buffers as i32;
+/// Pool 8 of `pool` bytes on copy-path resource 11, with `buffers` (id, offset) of W x H.
+fn pool_with(pool: i32, buffers: &[(u32, i32)]) -> Harness {
     let mut r = Requests::default().create_pool(pool);
-    for (i, &b) in BUFFERS[..buffers].iter().enumerate() {
+    for &(b, offset) in buffers {
         r = r.req(
             8,
             "wl_shm_pool",
             0,
             &[
                 Arg::NewId(id(b)),
-                Arg::Int(i as i32 * BUFFER_BYTES),
+                Arg::Int(offset),
                 Arg::Int(W),
                 Arg::Int(H),
                 Arg::Int(STRIDE),
@@ -74,6 +74,15 @@ fn setup(buffers: usize) -> (Harness, Mirror) {
     let mut h = Harness::bound();
     h.guest(r.0, vec![mem(pool as u64, BufferPath::Copy, Some(11))])
         .unwrap();
+    h
+}
+
+fn setup(buffers: usize) -> (Harness, Mirror) {
+    let pool = BUFFER_BYTES * buffers as i32;
+    let ids: Vec<(u32, i32)> = (0..buffers)
+        .map(|i| (BUFFERS[i], i as i32 * BUFFER_BYTES))
+        .collect();
+    let h = pool_with(pool, &ids);
     let mirror = Mirror {
         resource: 11,
         guest: vec![0; pool as usize],
@@ -150,26 +159,7 @@ fn rotating_buffers_copy_only_what_each_missed() {
 #[test]
 fn overlapping_buffer_is_copied_whole_after_the_other_is_copied() {
     // Buffers 9 and 10 over the same bytes (offset 0), each shown once.
-    let pool = BUFFER_BYTES;
-    let mut r = Requests::default().create_pool(pool);
-    for b in [9, 10] {
-        r = r.req(
-            8,
-            "wl_shm_pool",
-            0,
-            &[
-                Arg::NewId(id(b)),
-                Arg::Int(0),
-                Arg::Int(W),
-                Arg::Int(H),
-                Arg::Int(STRIDE),
-                Arg::Uint(1),
-            ],
-        );
-    }
-    let mut h = Harness::bound();
-    h.guest(r.0, vec![mem(pool as u64, BufferPath::Copy, Some(11))])
-        .unwrap();
+    let mut h = pool_with(BUFFER_BYTES, &[(9, 0), (10, 0)]);
     for b in [9, 10] {
         h.guest(Requests::default().attach(b).commit().0, vec![])
             .unwrap();
