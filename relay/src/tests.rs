@@ -218,6 +218,20 @@ fn mem(size: u64, path: BufferPath, resource: Option<u32>) -> GuestFd {
             size,
             path,
             resource,
+            shrinkable: false,
+        },
+    }
+}
+
+/// A memfd the peer can shrink (no `F_SEAL_SHRINK`), as the socket front classifies it.
+fn shrinkable_mem(size: u64) -> GuestFd {
+    GuestFd {
+        fd: any_fd(),
+        kind: GuestFdKind::Memory {
+            size,
+            path: BufferPath::ShmZeroCopy,
+            resource: None,
+            shrinkable: true,
         },
     }
 }
@@ -935,6 +949,15 @@ fn shm_pool_over_limit_is_invalid_stride() {
 }
 
 #[test]
+fn shm_pool_memfd_that_can_shrink_is_accepted() {
+    // Compositors guard their wl_shm mappings against SIGBUS; clients do not seal pools.
+    let mut h = Harness::bound();
+    let stream = pool_and_buffer(4096).0;
+    h.guest(stream.clone(), vec![shrinkable_mem(4096)]).unwrap();
+    assert_eq!(h.out.to_host, stream);
+}
+
+#[test]
 fn shm_pool_bigger_than_fd_is_invalid_fd() {
     let mut h = Harness::bound();
     let r = Requests::default().create_pool(8192);
@@ -1309,6 +1332,16 @@ fn dmabuf_plane_fd_not_memory_is_refused() {
 }
 
 #[test]
+fn dmabuf_plane_memfd_that_can_shrink_is_refused() {
+    let mut h = params();
+    let bytes = add(0, 0, 256, 0).create_immed(64, 16, XRGB8888).0;
+    let (obj, code, msg) = h.expect_guest_error(bytes, vec![shrinkable_mem(4096)]);
+    assert_eq!((obj, code), (8, params::OUT_OF_BOUNDS));
+    assert!(msg.contains("F_SEAL_SHRINK"), "{msg}");
+    assert!(h.out.to_host.is_empty(), "add not forwarded");
+}
+
+#[test]
 fn dmabuf_params_used_twice_is_already_used() {
     let mut h = params();
     let bytes = add(0, 0, 256, 0).create_immed(64, 16, XRGB8888).0;
@@ -1420,6 +1453,7 @@ fn shm_resize_after_the_client_grew_its_memfd_is_accepted() {
             size: 4096,
             path: BufferPath::ShmZeroCopy,
             resource: None,
+            shrinkable: false,
         },
     };
     let mut h = Harness::bound();
