@@ -16,6 +16,7 @@ pub mod fault;
 pub mod policy;
 pub mod registry;
 pub mod stats;
+pub mod text;
 
 mod engine;
 #[cfg(test)]

@@ -921,6 +921,47 @@ fn tagging_truncates_on_a_char_boundary() {
     assert_eq!(h.host_strings(op::TOPLEVEL_SET_TITLE), ["[work] é"]);
 }
 
+/// The title and app id the host receives for `title` and `app_id` sent by the guest.
+fn tagged_strings(title: &str, app_id: &str) -> (Vec<String>, Vec<String>) {
+    let mut h = Harness::bound();
+    toplevel(&mut h);
+    h.out.clear();
+    let (t, a) = (CString::new(title).unwrap(), CString::new(app_id).unwrap());
+    let r = Requests::default()
+        .req(9, "xdg_toplevel", 2, &[Arg::Str(Some(&t))])
+        .req(9, "xdg_toplevel", 3, &[Arg::Str(Some(&a))]);
+    h.guest(r.0, vec![]).unwrap();
+    (
+        h.host_strings(op::TOPLEVEL_SET_TITLE),
+        h.host_strings(op::TOPLEVEL_SET_APP_ID),
+    )
+}
+
+#[test]
+fn tagging_title_control_characters_are_dropped() {
+    let (t, _) = tagged_strings("a\u{1b}[2Jb\u{7f}c\u{9b}d", "x");
+    assert_eq!(t, ["[work] a[2Jbcd"]);
+}
+
+#[test]
+fn tagging_title_line_breaks_are_dropped() {
+    let (t, _) = tagged_strings("Mail\n[bank] Login\r\u{2028}", "x");
+    assert_eq!(t, ["[work] Mail[bank] Login"]);
+}
+
+#[test]
+fn tagging_title_bidi_overrides_are_dropped() {
+    // U+202E would draw the rest right to left; U+2066..9 isolate; U+200F/U+061C marks.
+    let (t, _) = tagged_strings("\u{202E}knab\u{202C} \u{2067}x\u{2069}\u{200F}\u{61C}", "x");
+    assert_eq!(t, ["[work] knab x"]);
+}
+
+#[test]
+fn tagging_app_id_is_limited_to_reverse_dns_characters() {
+    let (_, a) = tagged_strings("t", "org.bank\n/\u{202E}Login app");
+    assert_eq!(a, ["work.org.bankLoginapp"]);
+}
+
 #[test]
 fn tagging_off_without_vm_name_forwards_as_is() {
     let mut config = Harness::config();
