@@ -854,6 +854,35 @@ fn too_many_objects_is_no_memory() {
     );
 }
 
+#[test]
+fn ids_never_reused_end_at_the_id_space_cap_with_no_memory() {
+    let mut config = Harness::config();
+    config.limits.max_objects = 8;
+    let mut h = Harness::with(config);
+    // wl_display.sync with ever higher ids, each callback done and its id deleted: never more
+    // than two live objects, but ids keep growing.
+    let mut n = 2;
+    let err = loop {
+        let r = Requests::default().req(1, "wl_display", 0, &[Arg::NewId(id(n))]);
+        match h.guest(r.0, vec![]) {
+            Ok(()) => {}
+            Err(e) => break e,
+        }
+        let done = Events::default()
+            .ev(n, "wl_callback", 0, &[Arg::Uint(0)])
+            .ev(1, "wl_display", 1, &[Arg::Uint(n)]);
+        h.host(done.0).unwrap();
+        n += 1;
+        assert!(n < 1000, "no cap on the id space");
+    };
+    assert!(
+        matches!(err, RelayError::Guest(ref m) if m.contains("reused")),
+        "{err:?}"
+    );
+    // 4 ids per allowed object, plus the null id and wl_display.
+    assert_eq!(n, 34);
+}
+
 // ---- tagging ----
 
 /// xdg_surface 8 for surface 7, xdg_toplevel 9.
