@@ -54,6 +54,7 @@ pub struct FilterArgs {
 /// Runs `filter` until SIGINT or SIGTERM.
 pub fn run(args: FilterArgs) -> Result<()> {
     let path = crate::host::runtime_socket_path(&args.listen).context("--listen")?;
+    args.relay.restrict_filesystem(&[&path]);
     let setup = RelaySetup::from_args(&args.relay)?;
     setup.install_stats_dump()?;
     let listener = bind(&path)?;
@@ -71,6 +72,7 @@ pub fn run(args: FilterArgs) -> Result<()> {
         ));
     }
     crate::write_stdout(&announce)?;
+    crate::sandbox::restrict_syscalls();
 
     let result = accept_loop(&listener, &setup, &args, &stop);
     let _ = std::fs::remove_file(&path);
