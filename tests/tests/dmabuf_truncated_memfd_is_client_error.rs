@@ -10,8 +10,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crossway_proxy::headless::ToplevelMatch;
-use crossway_proxy::headless::control::request;
+use crossway_headless::ToplevelMatch;
+use crossway_headless::control::request;
 use crossway_tests::{Process, ProxyProcess, Runtime};
 use serde_json::json;
 

@@ -7,7 +7,7 @@ use std::io::Read as _;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crossway_proxy::headless::control::request;
+use crossway_headless::control::request;
 use crossway_tests::{Process, ProxyProcess, Runtime, eventually};
 use serde_json::json;
 

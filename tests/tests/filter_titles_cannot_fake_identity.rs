@@ -3,7 +3,7 @@
 //! bidi controls are dropped from the title, and the app id keeps only reverse-DNS characters.
 #![allow(clippy::unwrap_used)] // a failed unwrap is the test failure
 
-use crossway_proxy::headless::control::request;
+use crossway_headless::control::request;
 use crossway_tests::{Process, ProxyProcess, Runtime};
 use serde_json::json;
 
