@@ -50,6 +50,7 @@ fn guest_fd(selector: u8, n: u8) -> GuestFd {
             path: [BufferPath::Copy, BufferPath::ShmZeroCopy, BufferPath::DmabufZeroCopy]
                 [usize::from(s) % 3],
             resource: (s != 7).then_some(u32::from(n)),
+            shrinkable: n % 5 == 0,
         },
     };
     GuestFd { fd: fd(), kind }

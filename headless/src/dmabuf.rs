@@ -3,9 +3,10 @@
 //! smithay's pixman renderer imports dmabufs only through `DMA_BUF_IOCTL_SYNC`, which a
 //! memfd-backed buffer (what every GPU-less test client makes) answers with `ENOTTY`: such
 //! buffers would be accepted and never drawn. So the compositor validates each plane itself,
-//! with checked arithmetic, maps it read-only and copies the rows it draws at commit. A buffer
-//! whose layout it cannot read (a tiled modifier, several planes) is refused with `failed`, not
-//! drawn wrong.
+//! with checked arithmetic, and copies the rows it draws at commit (`pread` from a memfd, so a
+//! client that shrinks it gets an error, not the compositor a `SIGBUS`; a real dmabuf, whose
+//! size is fixed, through a read-only mapping). A buffer whose layout it cannot read (a tiled
+//! modifier, several planes) is refused with `failed`, not drawn wrong.
 
 use std::os::fd::AsFd;
 
@@ -19,7 +20,7 @@ use smithay::wayland::dmabuf::{DmabufFeedback, DmabufFeedbackBuilder};
 use smithay::reexports::wayland_server::protocol::wl_shm;
 use smithay::reexports::wayland_protocols::wp::linux_dmabuf::zv1::server::zwp_linux_dmabuf_feedback_v1::TrancheFlags;
 
-use super::mapping::ReadMapping;
+use super::mapping::{PlaneReader, ReadError};
 
 /// `dev_t` of a render node `/dev/dri/renderD128` (major 226, minor 128). The compositor has
 /// no device; clients only compare the value and wayland-info prints tranches only when it is
@@ -199,6 +200,9 @@ pub enum ImportError {
     /// The plane could not be sized or mapped.
     #[error("mapping the plane failed: {0}")]
     Map(#[from] std::io::Error),
+    /// The plane's rows could not be read at commit (the client shrank its file).
+    #[error("reading the plane failed: {0}")]
+    Read(#[from] ReadError),
 }
 
 impl ImportError {
@@ -216,7 +220,7 @@ impl ImportError {
 /// A validated, mapped single-plane dmabuf.
 #[derive(Debug)]
 pub struct DmabufImport {
-    mapping: ReadMapping,
+    plane: PlaneReader,
     format: Fourcc,
     width: u32,
     height: u32,
@@ -283,9 +287,9 @@ pub fn import_dmabuf(
         });
     }
     let len = usize::try_from(end).map_err(|_| ImportError::Overflow)?;
-    let mapping = ReadMapping::new(fd, len)?;
+    let plane = PlaneReader::new(fd, len)?;
     Ok(DmabufImport {
-        mapping,
+        plane,
         format: format.code,
         width,
         height,
@@ -340,15 +344,13 @@ impl DmabufImport {
             .ok_or_else(|| ImportError::Format(self.format.to_string()))?;
         let row = (self.width * bpp) as usize;
         let mut pixels = vec![0u8; row * self.height as usize];
-        self.mapping
-            .copy_rows(
-                self.offset as usize,
-                self.stride as usize,
-                row,
-                self.height as usize,
-                &mut pixels,
-            )
-            .ok_or(ImportError::Overflow)?;
+        self.plane.copy_rows(
+            self.offset as usize,
+            self.stride as usize,
+            row,
+            self.height as usize,
+            &mut pixels,
+        )?;
         let size = (self.width as i32, self.height as i32);
         Ok(MemoryRenderBuffer::from_slice(
             &pixels,

@@ -18,7 +18,8 @@ use smithay::output::Output;
 use smithay::reexports::wayland_protocols::xdg::decoration::zv1::server::zxdg_toplevel_decoration_v1::Mode as DecorationMode;
 use smithay::reexports::wayland_protocols::xdg::shell::server::xdg_toplevel;
 use smithay::reexports::wayland_server::backend::{ClientData, ClientId, DisconnectReason, ObjectId};
-use smithay::reexports::wayland_server::protocol::{wl_buffer, wl_seat, wl_surface::WlSurface};
+use smithay::reexports::wayland_server::protocol::wl_surface::{self, WlSurface};
+use smithay::reexports::wayland_server::protocol::{wl_buffer, wl_seat};
 use smithay::reexports::wayland_server::{Client, DisplayHandle, Resource};
 use smithay::utils::{Rectangle, Serial, Transform, SERIAL_COUNTER};
 use smithay::wayland::buffer::BufferHandler;
@@ -175,13 +176,11 @@ impl State {
         let imported = buffer
             .as_ref()
             .and_then(|b| self.dmabufs.get(&b.id()).map(|i| (b.id(), i)));
-        with_states(surface, |states| {
+        let failed = with_states(surface, |states| {
             states
                 .data_map
                 .insert_if_missing_threadsafe(DmabufSurface::default);
-            let Some(slot) = states.data_map.get::<DmabufSurface>() else {
-                return;
-            };
+            let slot = states.data_map.get::<DmabufSurface>()?;
             let mut slot = slot.0.lock().unwrap_or_else(|e| e.into_inner());
             match imported {
                 None => *slot = None,
@@ -194,13 +193,27 @@ impl State {
                     match import.to_render_buffer(scale, transform) {
                         Ok(buffer) => *slot = Some((id, buffer)),
                         Err(err) => {
-                            warn!(%err, "dmabuf could not be read; surface not drawn");
                             *slot = None;
+                            return Some(err);
                         }
                     }
                 }
             }
+            None
         });
+        // The client broke its own buffer (shrank the file behind it): it alone is
+        // disconnected, with an error that says why.
+        if let Some(err) = failed {
+            warn!(%err, "dmabuf could not be read at commit; client disconnected");
+            self.stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .dmabuf_refused += 1;
+            surface.post_error(
+                wl_surface::Error::InvalidSize,
+                format!("attached dmabuf cannot be read: {err}"),
+            );
+        }
     }
 }
 

@@ -27,6 +27,13 @@ pub const SERVER_ID_START: u32 = 0xff00_0000;
 /// Default limit on live objects per connection (libwayland has none; a relay needs one).
 pub const DEFAULT_MAX_OBJECTS: usize = 65_536;
 
+/// Ids each side may use per object allowed live. libwayland reuses freed ids (lowest first on
+/// the server, its free list on the client), so a well-behaved peer's highest id stays near its
+/// peak of live objects plus those awaiting `delete_id`; a peer that never reuses ids would
+/// otherwise grow the map without bound. With this cap a map holds at most
+/// `2 × (ID_SPACE_PER_OBJECT × max_objects + 2)` slots of [`ObjectMap::SLOT_BYTES`] each.
+pub const ID_SPACE_PER_OBJECT: usize = 4;
+
 /// `wl_display.delete_id` event opcode.
 const DISPLAY_DELETE_ID: u16 = 1;
 
@@ -105,6 +112,14 @@ pub enum ObjectError {
     /// The connection has as many objects as it may have.
     #[error("connection reached its limit of {0} objects")]
     TooManyObjects(usize),
+    /// A new id past the id space the connection may use (it does not reuse freed ids).
+    #[error("new id {id} is past the {max} ids of this connection; freed ids must be reused")]
+    IdSpaceExhausted {
+        /// The id.
+        id: ObjectId,
+        /// Ids the side may use.
+        max: usize,
+    },
     /// `wl_display.delete_id` for an id that is not waiting for it.
     #[error("delete_id for object {0}, which is not awaiting deletion")]
     UnexpectedDeleteId(u32),
@@ -212,9 +227,25 @@ impl ObjectMap {
         }
     }
 
+    /// Bytes one id of the map takes.
+    pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+
     /// Number of live objects.
     pub fn live(&self) -> usize {
         self.live
+    }
+
+    /// Ids each side may use: [`ID_SPACE_PER_OBJECT`] per allowed live object, plus the null
+    /// id and `wl_display`.
+    pub fn max_ids(&self) -> usize {
+        self.max_objects
+            .saturating_mul(ID_SPACE_PER_OBJECT)
+            .saturating_add(2)
+    }
+
+    /// Ids the map has room for now, both sides (its memory is this × [`Self::SLOT_BYTES`]).
+    pub fn id_slots(&self) -> usize {
+        self.client.len() + self.server.len()
     }
 
     fn slot(&self, id: ObjectId) -> Option<&Slot> {
@@ -263,13 +294,19 @@ impl ObjectMap {
             Side::Client => id.get() as usize,
             Side::Server => (id.get() - SERVER_ID_START) as usize,
         };
+        let max_ids = self.max_ids();
         let slots = self.slots_mut(side);
         let object = Slot::Alive(Object { interface, version });
         let len = slots.len();
         match slots.get_mut(index) {
             Some(slot @ Slot::Free) => *slot = object,
             Some(_) => return Err(ObjectError::IdInUse(id)),
-            None if index == len => slots.push(object),
+            None if index == len => {
+                if len >= max_ids {
+                    return Err(ObjectError::IdSpaceExhausted { id, max: max_ids });
+                }
+                slots.push(object)
+            }
             None => {
                 let base = if side == Side::Server {
                     SERVER_ID_START
@@ -703,4 +740,36 @@ mod tests {
         let err = request(&mut map, &msg(1, 0, &[Arg::NewId(id(4))])).unwrap_err();
         assert_eq!(err, ObjectError::TooManyObjects(3));
     }
+
+    #[test]
+    fn ids_never_reused_stop_at_the_id_space_cap() {
+        // One live object allowed besides wl_display: ids up to 4 × 2 + 2 = 10.
+        let mut map = ObjectMap::new(2);
+        let max = map.max_ids();
+        assert_eq!(max, 10);
+        let mut next = 2;
+        let err = loop {
+            match request(&mut map, &msg(1, 0, &[Arg::NewId(id(next))])) {
+                Ok(_) => {}
+                Err(e) => break e,
+            }
+            // wl_display.sync's callback: destroyed by the server's done, freed by delete_id.
+            map.destroy(id(next)).unwrap();
+            map.delete_id(next).unwrap();
+            next += 1;
+        };
+        assert_eq!(
+            err,
+            ObjectError::IdSpaceExhausted {
+                id: id(max as u32),
+                max
+            }
+        );
+        assert!(map.id_slots() <= max, "{}", map.id_slots());
+        // A freed id is still welcome.
+        request(&mut map, &msg(1, 0, &[Arg::NewId(id(2))])).unwrap();
+    }
+
+    // The README's limits table counts 24 bytes per id.
+    const _: () = assert!(ObjectMap::SLOT_BYTES <= 24);
 }

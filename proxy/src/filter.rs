@@ -54,6 +54,7 @@ pub struct FilterArgs {
 /// Runs `filter` until SIGINT or SIGTERM.
 pub fn run(args: FilterArgs) -> Result<()> {
     let path = crate::host::runtime_socket_path(&args.listen).context("--listen")?;
+    args.relay.restrict_filesystem(&[&path]);
     let setup = RelaySetup::from_args(&args.relay)?;
     setup.install_stats_dump()?;
     let listener = bind(&path)?;
@@ -71,6 +72,7 @@ pub fn run(args: FilterArgs) -> Result<()> {
         ));
     }
     crate::write_stdout(&announce)?;
+    crate::sandbox::restrict_syscalls();
 
     let result = accept_loop(&listener, &setup, &args, &stop);
     let _ = std::fs::remove_file(&path);
@@ -289,6 +291,8 @@ pub fn classify_fd(fd: BorrowedFd<'_>) -> GuestFdKind {
                 size: u64::try_from(stat.st_size).unwrap_or(0),
                 path: BufferPath::ShmZeroCopy,
                 resource: None,
+                shrinkable: rustix::fs::fcntl_get_seals(fd)
+                    .map_or(true, |s| !s.contains(rustix::fs::SealFlags::SHRINK)),
             };
         }
         _ => {}
@@ -309,6 +313,8 @@ pub fn classify_fd(fd: BorrowedFd<'_>) -> GuestFdKind {
                     BufferPath::ShmZeroCopy
                 },
                 resource: None,
+                // A dmabuf's size is fixed when it is made.
+                shrinkable: !dmabuf,
             }
         }
         Err(_) => GuestFdKind::Other,
@@ -436,9 +442,26 @@ mod tests {
             GuestFdKind::Memory {
                 size: 4096,
                 path: BufferPath::ShmZeroCopy,
-                resource: None
+                resource: None,
+                shrinkable: true,
             }
         );
+    }
+
+    #[test]
+    fn classify_memfd_sealed_against_shrinking_is_not_shrinkable() {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+        let fd = rustix::fs::memfd_create("t", flags).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK).unwrap();
+        assert!(matches!(
+            classify_fd(fd.as_fd()),
+            GuestFdKind::Memory {
+                shrinkable: false,
+                ..
+            }
+        ));
     }
 
     #[test]

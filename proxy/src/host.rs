@@ -188,6 +188,17 @@ impl HostInfo {
 pub struct HostConnector {
     socket: PathBuf,
     context: Option<Arc<SecurityListener>>,
+    /// How to make the security context again, and the one made last: a host compositor that
+    /// restarts forgets the listener it was given, so new guest clients would be refused
+    /// until the proxy restarts too.
+    renewal: Option<Arc<Renewal>>,
+}
+
+#[derive(Debug)]
+struct Renewal {
+    spec: SecurityContextSpec,
+    limits: ProbeLimits,
+    current: std::sync::Mutex<Option<Arc<SecurityListener>>>,
 }
 
 /// A security-context listener the host accepts on: its socket (connected to for every guest
@@ -237,6 +248,11 @@ impl HostConnector {
         if let Some(l) = &self.context {
             l.socket.remove();
         }
+        if let Some(r) = &self.renewal
+            && let Some(l) = &*r.current.lock().unwrap_or_else(|e| e.into_inner())
+        {
+            l.socket.remove();
+        }
     }
 
     /// Connections to the compositor listening on `socket`.
@@ -244,6 +260,7 @@ impl HostConnector {
         HostConnector {
             socket,
             context: None,
+            renewal: None,
         }
     }
 
@@ -333,18 +350,53 @@ impl HostConnector {
                 app_id: spec.app_id.clone(),
                 _close_fd: close_write,
             })),
+            renewal: Some(Arc::new(Renewal {
+                spec: spec.clone(),
+                limits,
+                current: std::sync::Mutex::new(None),
+            })),
         })
     }
 
-    /// A new client connection for one guest client.
+    /// A new client connection for one guest client. Through a security context whose
+    /// listener the host no longer has (it restarted), the context is made again once the host
+    /// answers on its own socket.
     pub fn connect(&self) -> io::Result<UnixStream> {
-        let socket = self.socket();
-        UnixStream::connect(socket).map_err(|e| {
+        let with_path = |socket: &Path, e: io::Error| {
             io::Error::new(
                 e.kind(),
                 format!("host compositor at {}: {e}", socket.display()),
             )
-        })
+        };
+        let Some(renewal) = &self.renewal else {
+            let socket = self.socket();
+            return UnixStream::connect(socket).map_err(|e| with_path(socket, e));
+        };
+        let mut current = renewal.current.lock().unwrap_or_else(|e| e.into_inner());
+        let listener = current.clone().or_else(|| self.context.clone());
+        if let Some(l) = &listener {
+            match UnixStream::connect(&l.socket.path) {
+                Ok(stream) => return Ok(stream),
+                Err(e) if e.kind() != io::ErrorKind::ConnectionRefused => {
+                    return Err(with_path(&l.socket.path, e));
+                }
+                Err(_) => {}
+            }
+        }
+        // Refused: the compositor that held the listener is gone. A new one gets a new
+        // context (which fails, and is tried again by the next client, while none runs).
+        let plain = HostConnector::new(self.socket.clone());
+        let fresh = plain
+            .with_security_context(&renewal.spec, renewal.limits)
+            .map_err(|e| io::Error::new(io::ErrorKind::ConnectionRefused, e.to_string()))?;
+        let l = fresh.context.clone().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::ConnectionRefused, "no security context")
+        })?;
+        info!(socket = %l.socket.path.display(), "host compositor restarted: security context made again");
+        if let Some(old) = current.replace(l.clone()) {
+            old.socket.remove();
+        }
+        UnixStream::connect(&l.socket.path).map_err(|e| with_path(&l.socket.path, e))
     }
 }
 

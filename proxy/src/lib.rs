@@ -16,6 +16,7 @@ pub mod cross_domain;
 pub mod fdstream;
 pub mod filter;
 pub mod host;
+pub mod sandbox;
 pub mod serve;
 pub mod setup;
 pub mod vm;

@@ -92,6 +92,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         }
         _ => bail!("serve needs exactly one of --socket-path or --fd"),
     };
+    let sockets: Vec<&std::path::Path> = args.socket_path.iter().map(|p| p.as_path()).collect();
+    args.relay.restrict_filesystem(&sockets);
     if args.no_udmabuf {
         tracing::info!("--no-udmabuf: guest blobs are copied into host memfds");
     }
@@ -155,6 +157,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         host_visible_size: args.host_visible_size,
         ..DeviceConfig::default()
     };
+    crate::sandbox::restrict_syscalls();
     let stats = crossway_virtio::backend::serve(ServeConfig {
         endpoint,
         device,

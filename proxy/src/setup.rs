@@ -39,6 +39,9 @@ pub struct RelayArgs {
     /// Connect to the host directly even where it offers wp_security_context_manager_v1.
     #[arg(long)]
     pub no_security_context: bool,
+    /// Run without the sandbox (landlock, seccomp, resource limits); for debugging only.
+    #[arg(long)]
+    pub no_sandbox: bool,
     /// Milliseconds the host compositor has to answer the start-up probe.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     pub host_timeout: u64,
@@ -63,6 +66,19 @@ pub struct RelaySetup {
     pub stats_file: Option<PathBuf>,
     /// The directory made for `--headless`, removed on drop.
     private_dir: Option<PathBuf>,
+}
+
+impl RelayArgs {
+    /// Enters the filesystem half of the sandbox (see [`crate::sandbox`]) for a command that
+    /// also writes in the directories of `sockets`; call before any thread starts.
+    pub fn restrict_filesystem(&self, sockets: &[&Path]) {
+        let mut access = crate::sandbox::FsAccess::base();
+        for file in sockets.iter().copied().chain(self.stats_file.as_deref()) {
+            access.parent_of(file);
+        }
+        access.read_only.extend(self.policy.iter().cloned());
+        crate::sandbox::restrict_filesystem(!self.no_sandbox, &access);
+    }
 }
 
 impl RelaySetup {
@@ -230,7 +246,14 @@ impl Drop for RelaySetup {
 /// Writes a snapshot of `stats` to `path` as JSON, replacing it atomically (a reader never
 /// sees half a file).
 pub fn write_stats(stats: &VmStats, path: &Path) -> Result<()> {
-    let json = serde_json::to_vec_pretty(&stats.snapshot())?;
+    let mut value = serde_json::to_value(stats.snapshot())?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "sandbox".into(),
+            serde_json::to_value(crate::sandbox::state())?,
+        );
+    }
+    let json = serde_json::to_vec_pretty(&value)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);

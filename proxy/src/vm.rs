@@ -140,6 +140,9 @@ fn relay_serve_args(relay: &crate::setup::RelayArgs) -> Vec<OsString> {
             absolute(p).unwrap_or_else(|_| p.clone()).into(),
         ]);
     }
+    if relay.no_sandbox {
+        out.push("--no-sandbox".into());
+    }
     if let Some(p) = &relay.stats_file {
         out.extend([
             "--stats-file".into(),

@@ -152,6 +152,7 @@ fn setup(path: BufferPath) -> Relay {
             size: 1 << 22,
             path,
             resource: Some(1),
+            shrinkable: false,
         },
     };
     relay

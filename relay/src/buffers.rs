@@ -26,6 +26,7 @@ struct Memory {
     size: u64,
     path: BufferPath,
     resource: Option<u32>,
+    shrinkable: bool,
 }
 
 impl Memory {
@@ -35,10 +36,12 @@ impl Memory {
                 size,
                 path,
                 resource,
+                shrinkable,
             } => Some(Memory {
                 size,
                 path,
                 resource,
+                shrinkable,
             }),
             GuestFdKind::Pipe | GuestFdKind::Other => None,
         }
@@ -401,6 +404,15 @@ impl Buffers {
                 format!("plane {plane_idx} fd is not a buffer"),
             )
         })?;
+        // A compositor maps a dmabuf plane without a SIGBUS guard (a real dmabuf cannot
+        // shrink); a memfd posing as one must be sealed so that it cannot either.
+        if memory.shrinkable {
+            return Err(Fault::new(
+                id,
+                params::OUT_OF_BOUNDS,
+                format!("plane {plane_idx} fd can shrink (a memfd without F_SEAL_SHRINK)"),
+            ));
+        }
         let slot = usize::try_from(plane_idx)
             .ok()
             .and_then(|i| p.planes.get_mut(i))

@@ -13,6 +13,7 @@ use crossway_protocols::wire::{self, Arg, MAX_ARGS, Message, ObjectId};
 
 use super::fault::{Fault, display};
 use super::policy::Tagging;
+use super::text;
 use super::{ClientStats, GuestFd, Outgoing, Relay, SyncBuffers};
 
 /// Opcodes the relay acts on, by interface (checked against the tables by a test).
@@ -86,11 +87,18 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    /// `prefix` + `value`, cut to `max` bytes on a character boundary, as a C string.
-    fn tagged(&mut self, prefix: &str, value: &[u8], max: usize) -> Result<&CStr, Fault> {
+    /// `prefix` + `value` as `push` keeps it (see [`text`]), cut to `max` bytes on a character
+    /// boundary, as a C string.
+    fn tagged(
+        &mut self,
+        prefix: &str,
+        value: &[u8],
+        push: fn(&mut String, &str),
+        max: usize,
+    ) -> Result<&CStr, Fault> {
         self.text.clear();
         self.text.push_str(prefix);
-        self.text.push_str(&String::from_utf8_lossy(value));
+        push(&mut self.text, &String::from_utf8_lossy(value));
         let mut end = self.text.len().min(max);
         while !self.text.is_char_boundary(end) {
             end -= 1;
@@ -355,14 +363,18 @@ impl Relay {
                     let [Arg::Str(Some(value))] = args else {
                         return Err(shape(iface, name));
                     };
-                    let prefix = if opcode == op::TOPLEVEL_SET_TITLE {
-                        &tags.title_prefix
-                    } else {
-                        &tags.app_id_prefix
-                    };
-                    let tagged =
-                        self.scratch
-                            .tagged(prefix, value.to_bytes(), limits.max_string_bytes)?;
+                    let (prefix, push): (_, fn(&mut String, &str)) =
+                        if opcode == op::TOPLEVEL_SET_TITLE {
+                            (&tags.title_prefix, text::push_title)
+                        } else {
+                            (&tags.app_id_prefix, text::push_app_id)
+                        };
+                    let tagged = self.scratch.tagged(
+                        prefix,
+                        value.to_bytes(),
+                        push,
+                        limits.max_string_bytes,
+                    )?;
                     encode(&mut out.to_host, sender, opcode, &[Arg::Str(Some(tagged))])?;
                     rewritten = true;
                 }
@@ -380,7 +392,7 @@ impl Relay {
                 (op::TOPLEVEL_SET_TITLE, &tags.bare_title),
                 (op::TOPLEVEL_SET_APP_ID, &tags.bare_app_id),
             ] {
-                let value = self.scratch.tagged(bare, b"", max)?;
+                let value = self.scratch.tagged(bare, b"", text::push_title, max)?;
                 encode(&mut out.to_host, id, opcode, &[Arg::Str(Some(value))])?;
                 counts.messages += 1;
             }

@@ -85,7 +85,7 @@ impl Fault {
             E::UnknownInterface(_) | E::BadVersion { .. } => {
                 return Fault::new(sender, display::INVALID_OBJECT, e.to_string());
             }
-            E::TooManyObjects(_) => display::NO_MEMORY,
+            E::TooManyObjects(_) | E::IdSpaceExhausted { .. } => display::NO_MEMORY,
             // Demarshalling failures (new ids included) are "invalid arguments".
             E::IdInUse(_)
             | E::WrongSide { .. }

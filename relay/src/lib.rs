@@ -17,6 +17,7 @@ pub mod fault;
 pub mod policy;
 pub mod registry;
 pub mod stats;
+pub mod text;
 
 mod engine;
 #[cfg(test)]
@@ -56,6 +57,10 @@ pub enum GuestFdKind {
         path: BufferPath,
         /// The virtio-gpu resource behind it (cross-domain), for [`SyncBuffers::sync`].
         resource: Option<u32>,
+        /// The peer can shrink it (a memfd without `F_SEAL_SHRINK`): fine for a `wl_shm`
+        /// pool (compositors guard those), refused as a dmabuf plane, which compositors map
+        /// unguarded since a real dmabuf's size is fixed.
+        shrinkable: bool,
     },
     /// A pipe end (clipboard, drag and drop).
     Pipe,

@@ -234,6 +234,20 @@ fn mem(size: u64, path: BufferPath, resource: Option<u32>) -> GuestFd {
             size,
             path,
             resource,
+            shrinkable: false,
+        },
+    }
+}
+
+/// A memfd the peer can shrink (no `F_SEAL_SHRINK`), as the socket front classifies it.
+fn shrinkable_mem(size: u64) -> GuestFd {
+    GuestFd {
+        fd: any_fd(),
+        kind: GuestFdKind::Memory {
+            size,
+            path: BufferPath::ShmZeroCopy,
+            resource: None,
+            shrinkable: true,
         },
     }
 }
@@ -879,6 +893,35 @@ fn too_many_objects_is_no_memory() {
     );
 }
 
+#[test]
+fn ids_never_reused_end_at_the_id_space_cap_with_no_memory() {
+    let mut config = Harness::config();
+    config.limits.max_objects = 8;
+    let mut h = Harness::with(config);
+    // wl_display.sync with ever higher ids, each callback done and its id deleted: never more
+    // than two live objects, but ids keep growing.
+    let mut n = 2;
+    let err = loop {
+        let r = Requests::default().req(1, "wl_display", 0, &[Arg::NewId(id(n))]);
+        match h.guest(r.0, vec![]) {
+            Ok(()) => {}
+            Err(e) => break e,
+        }
+        let done = Events::default()
+            .ev(n, "wl_callback", 0, &[Arg::Uint(0)])
+            .ev(1, "wl_display", 1, &[Arg::Uint(n)]);
+        h.host(done.0).unwrap();
+        n += 1;
+        assert!(n < 1000, "no cap on the id space");
+    };
+    assert!(
+        matches!(err, RelayError::Guest(ref m) if m.contains("reused")),
+        "{err:?}"
+    );
+    // 4 ids per allowed object, plus the null id and wl_display.
+    assert_eq!(n, 34);
+}
+
 // ---- tagging ----
 
 /// xdg_surface 8 for surface 7, xdg_toplevel 9.
@@ -946,6 +989,47 @@ fn tagging_truncates_on_a_char_boundary() {
     assert_eq!(h.host_strings(op::TOPLEVEL_SET_TITLE), ["[work] é"]);
 }
 
+/// The title and app id the host receives for `title` and `app_id` sent by the guest.
+fn tagged_strings(title: &str, app_id: &str) -> (Vec<String>, Vec<String>) {
+    let mut h = Harness::bound();
+    toplevel(&mut h);
+    h.out.clear();
+    let (t, a) = (CString::new(title).unwrap(), CString::new(app_id).unwrap());
+    let r = Requests::default()
+        .req(9, "xdg_toplevel", 2, &[Arg::Str(Some(&t))])
+        .req(9, "xdg_toplevel", 3, &[Arg::Str(Some(&a))]);
+    h.guest(r.0, vec![]).unwrap();
+    (
+        h.host_strings(op::TOPLEVEL_SET_TITLE),
+        h.host_strings(op::TOPLEVEL_SET_APP_ID),
+    )
+}
+
+#[test]
+fn tagging_title_control_characters_are_dropped() {
+    let (t, _) = tagged_strings("a\u{1b}[2Jb\u{7f}c\u{9b}d", "x");
+    assert_eq!(t, ["[work] a[2Jbcd"]);
+}
+
+#[test]
+fn tagging_title_line_breaks_are_dropped() {
+    let (t, _) = tagged_strings("Mail\n[bank] Login\r\u{2028}", "x");
+    assert_eq!(t, ["[work] Mail[bank] Login"]);
+}
+
+#[test]
+fn tagging_title_bidi_overrides_are_dropped() {
+    // U+202E would draw the rest right to left; U+2066..9 isolate; U+200F/U+061C marks.
+    let (t, _) = tagged_strings("\u{202E}knab\u{202C} \u{2067}x\u{2069}\u{200F}\u{61C}", "x");
+    assert_eq!(t, ["[work] knab x"]);
+}
+
+#[test]
+fn tagging_app_id_is_limited_to_reverse_dns_characters() {
+    let (_, a) = tagged_strings("t", "org.bank\n/\u{202E}Login app");
+    assert_eq!(a, ["work.org.bankLoginapp"]);
+}
+
 #[test]
 fn tagging_off_without_vm_name_forwards_as_is() {
     let mut config = Harness::config();
@@ -971,6 +1055,15 @@ fn shm_pool_over_limit_is_invalid_stride() {
     );
     assert_eq!((obj, code), (4, shm::INVALID_STRIDE));
     assert!(msg.contains("max_shm_pool_bytes"), "{msg}");
+}
+
+#[test]
+fn shm_pool_memfd_that_can_shrink_is_accepted() {
+    // Compositors guard their wl_shm mappings against SIGBUS; clients do not seal pools.
+    let mut h = Harness::bound();
+    let stream = pool_and_buffer(4096).0;
+    h.guest(stream.clone(), vec![shrinkable_mem(4096)]).unwrap();
+    assert_eq!(h.out.to_host, stream);
 }
 
 #[test]
@@ -1363,6 +1456,16 @@ fn dmabuf_plane_fd_not_memory_is_refused() {
 }
 
 #[test]
+fn dmabuf_plane_memfd_that_can_shrink_is_refused() {
+    let mut h = params();
+    let bytes = add(0, 0, 256, 0).create_immed(64, 16, XRGB8888).0;
+    let (obj, code, msg) = h.expect_guest_error(bytes, vec![shrinkable_mem(4096)]);
+    assert_eq!((obj, code), (8, params::OUT_OF_BOUNDS));
+    assert!(msg.contains("F_SEAL_SHRINK"), "{msg}");
+    assert!(h.out.to_host.is_empty(), "add not forwarded");
+}
+
+#[test]
 fn dmabuf_params_used_twice_is_already_used() {
     let mut h = params();
     let bytes = add(0, 0, 256, 0).create_immed(64, 16, XRGB8888).0;
@@ -1474,6 +1577,7 @@ fn shm_resize_after_the_client_grew_its_memfd_is_accepted() {
             size: 4096,
             path: BufferPath::ShmZeroCopy,
             resource: None,
+            shrinkable: false,
         },
     };
     let mut h = Harness::bound();

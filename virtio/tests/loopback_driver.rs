@@ -305,6 +305,28 @@ fn loopback_host_blob_fd_shorter_than_page_maps_zero_filled() {
 }
 
 #[test]
+fn loopback_host_blob_without_mappable_is_refused_as_linux_does() {
+    let s = setup("host-unmappable");
+    let mut f = cross_domain_file(&s.vm);
+    let h = f
+        .resource_create_blob(&drm_virtgpu_resource_create_blob {
+            blob_mem: VIRTGPU_BLOB_MEM_HOST3D,
+            blob_flags: 0,
+            size: 8192,
+            blob_id: 43,
+            cmd: Vec::new(),
+        })
+        .unwrap();
+    assert_eq!(s.vm.window_maps(), 0, "not mapped into the window");
+    let err = f.map(h.bo_handle).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(err, VirtGpuError::InvalidArgument(m) if m.contains("USE_MAPPABLE")),
+        "{err:?}"
+    );
+    assert!(f.map_pieces(h.bo_handle).is_err());
+}
+
+#[test]
 fn loopback_ring_fences_ordered_one_event_each() {
     let s = setup("fences");
     let mut f = cross_domain_file(&s.vm);

@@ -383,6 +383,8 @@ impl CrossDomainContext {
                             size: e.size,
                             path,
                             resource: Some(ident.id),
+                            // Guest-blob dmabufs and the proxy's own sealed memfds.
+                            shrinkable: false,
                         },
                     });
                 }

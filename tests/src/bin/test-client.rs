@@ -3,7 +3,9 @@
 //! tests can check that the exact pixels reach the screen. With `--frames N` it animates
 //! (the pattern scrolls one column per frame, full damage, driven by frame callbacks, two
 //! buffers) and reports its frame rate. With `--bad` it sends deliberately wrong dmabuf
-//! parameters and prints what the compositor answered.
+//! parameters (or truncates a buffer the compositor shows) and prints what the compositor
+//! answered. Its memfds are sealed against shrinking (`F_SEAL_SHRINK`), as a dmabuf's size is
+//! fixed, except for `--bad truncate`.
 //!
 //! With a `zwp_linux_dmabuf_v1` of version 4 or more it reads the default feedback, prints its
 //! tranches, and uses the first advertised modifier for the format that it can produce (only
@@ -85,6 +87,9 @@ enum Bad {
     UnknownFormat,
     /// A modifier the compositor did not advertise for the format.
     UnadvertisedModifier,
+    /// A memfd without `F_SEAL_SHRINK` shown once, then truncated to 0 bytes and attached and
+    /// committed again (a compositor that maps it unguarded dies of `SIGBUS`).
+    Truncate,
 }
 
 /// A window whose buffer is a memfd dmabuf with a known pattern.
@@ -247,7 +252,7 @@ fn run(args: &Args) -> Result<(), String> {
     for i in 0..2 {
         let storage = match device.as_mut() {
             Some(dev) => guest_blob(dev, size)?,
-            None => Storage::File(memfd(size)?),
+            None => Storage::File(memfd(size, args.bad != Some(Bad::Truncate))?),
         };
         frame.draw(&storage, 0, Picture::A)?;
         let buffer = match args.buffer {
@@ -339,6 +344,16 @@ fn run(args: &Args) -> Result<(), String> {
             at(0.5),
             at(0.99)
         ));
+    }
+    if args.bad == Some(Bad::Truncate) {
+        if let Storage::File(file) = &buffers[0].1 {
+            file.set_len(0).map_err(|e| format!("truncating: {e}"))?;
+        }
+        say("truncated");
+        present(&mut state, &buffers[0].0, true);
+        roundtrip(&mut queue, &mut state)?;
+        say("survived");
+        return Ok(());
     }
     let mut on_screen = 0;
 
@@ -610,12 +625,20 @@ impl Frame {
     }
 }
 
-fn memfd(size: usize) -> Result<std::fs::File, String> {
-    let fd = rustix::fs::memfd_create("crossway-test-client", rustix::fs::MemfdFlags::CLOEXEC)
-        .map_err(|e| format!("memfd_create: {e}"))?;
+fn memfd(size: usize, seal: bool) -> Result<std::fs::File, String> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create(
+        "crossway-test-client",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(|e| format!("memfd_create: {e}"))?;
     let file = std::fs::File::from(fd);
     file.set_len(size as u64)
         .map_err(|e| format!("sizing buffer: {e}"))?;
+    if seal {
+        rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK)
+            .map_err(|e| format!("sealing buffer: {e}"))?;
+    }
     Ok(file)
 }
 

@@ -101,6 +101,8 @@ struct Inflight {
 
 struct Res {
     blob_mem: u32,
+    /// Created with `VIRTGPU_BLOB_FLAG_USE_MAPPABLE`.
+    mappable: bool,
     size: u64,
     pages: Vec<u64>,
     window: Option<u64>,
@@ -896,6 +898,7 @@ impl VirtGpu for LoopbackFile {
                 res,
                 Res {
                     blob_mem: req.blob_mem,
+                    mappable: req.blob_flags & VIRTGPU_BLOB_FLAG_USE_MAPPABLE != 0,
                     size,
                     pages: pages.clone(),
                     window: None,
@@ -1224,6 +1227,14 @@ impl LoopbackFile {
                 }
             }
             return Ok(f(fd, &pieces));
+        }
+        // Linux's virtio_gpu_vram_mmap refuses a host blob created without USE_MAPPABLE with
+        // EINVAL (a guest blob is shmem and maps regardless), so the loopback does too: a test
+        // must not pass on a mapping a real guest cannot make.
+        if !r.mappable {
+            return Err(VirtGpuError::InvalidArgument(
+                "host blob created without VIRTGPU_BLOB_FLAG_USE_MAPPABLE",
+            ));
         }
         let w = r.window.ok_or(VirtGpuError::InvalidArgument(
             "blob is not mapped in the window",
