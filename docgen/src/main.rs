@@ -38,10 +38,12 @@ fn write_manuals(cmd: &clap::Command, dir: &Path) -> Result<()> {
     write_manual(&cmd, dir)?;
     let name = cmd.get_name().to_owned();
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let full = format!("{name}-{}", sub.get_name());
+        // clap keeps names as `&'static str` (without its "string" feature, which would
+        // change clap's build for every crate): a few leaked bytes in a one-shot tool.
+        let full: &'static str = Box::leak(format!("{name}-{}", sub.get_name()).into_boxed_str());
         let sub = sub
             .clone()
-            .name(full.clone())
+            .name(full)
             .display_name(full)
             .version(env!("CARGO_PKG_VERSION"));
         write_manual(&sub, dir)?;

@@ -82,7 +82,7 @@ struct Cli {
     #[arg(long, value_name = "PATH|NAME")]
     wayland_display: String,
     /// Open device files (connections) at most.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = crossway_virtio::loopback::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Live blobs at most, over all connections.
     #[arg(long, default_value_t = 4096)]
