@@ -4,7 +4,7 @@
 //! binaries themselves: nothing here runs next to a VM.
 //!
 //! ```text
-//!  OUTDIR/man/crossway-proxy.1, crossway-proxy-serve.1, …, crossway-agent.1
+//!  OUTDIR/man/man1/crossway-proxy.1, crossway-proxy-serve.1, …, crossway-agent.1 (a MANPATH entry)
 //!  OUTDIR/completions/bash/crossway-proxy, zsh/_crossway-proxy, fish/crossway-proxy.fish, …
 //! ```
 
@@ -24,20 +24,24 @@ fn main() -> Result<()> {
         crossway_proxy::Cli::command(),
         crossway_agent::Cli::command(),
     ] {
-        write_manuals(&cmd, &out.join("man"))?;
+        write_manuals(&cmd, &out.join("man").join("man1"))?;
         write_completions(cmd, &out.join("completions"))?;
     }
     Ok(())
 }
 
-/// `NAME.1`, and `NAME-SUB.1` for each visible subcommand.
+/// `NAME.1`, and `NAME-SUB.1` for each visible subcommand (as git's pages are split).
 fn write_manuals(cmd: &clap::Command, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut cmd = cmd.clone();
     cmd.build();
     write_manual(&cmd, dir)?;
     let name = cmd.get_name().to_owned();
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    // clap's generated `help` subcommand has nothing a page would add.
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         // clap keeps names as `&'static str` (without its "string" feature, which would
         // change clap's build for every crate): a few leaked bytes in a one-shot tool.
         let full: &'static str = Box::leak(format!("{name}-{}", sub.get_name()).into_boxed_str());
