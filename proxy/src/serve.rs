@@ -80,6 +80,14 @@ pub fn print_capabilities() -> Result<()> {
 
 /// Runs the backend for one VMM.
 pub fn serve(args: ServeArgs) -> Result<()> {
+    // The socket exists from here on, before the counters' SIGUSR1 handler (below): a
+    // supervisor that asks for counters as soon as it sees the socket (the demo does) must not
+    // end the process, which is SIGUSR1's default action. Until then the request is dropped.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGUSR1,
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .context("installing the SIGUSR1 handler")?;
     // The VMM's socket before anything else, so that a path that cannot be used is the first
     // and only error line (naming the path), not preceded by the relay's start-up logs.
     let endpoint = match (&args.socket_path, args.fd) {
