@@ -214,7 +214,7 @@ fn clipboard(kind: HostKind) {
     let direct = "host to host";
     if copy(&host.display, direct).as_deref() != Some(direct) {
         say(&format!(
-            "SKIP: {test}: {} lets no client without keyboard focus set the selection (no input device headless), so no clipboard path can be checked",
+            "SKIP: {test}: wl-copy straight on {} sets no selection a host wl-paste reads (no wlr data-control, and no keyboard focus without an input device), so no clipboard path can be checked",
             kind.name()
         ));
         return;
