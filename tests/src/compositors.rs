@@ -549,7 +549,24 @@ impl Host {
             )
             .env_remove("WAYLAND_DISPLAY")
             .env_remove("DISPLAY");
-        let mut process = Owned::spawn(&mut cmd, log)?;
+        // kwin's fresh copy can still be open for writing in a child another test thread is
+        // forking (until its exec closes it): exec then fails with ETXTBSY for a moment.
+        let mut tries = 0;
+        let mut process = loop {
+            match Owned::spawn(&mut cmd, log) {
+                Err(e)
+                    if tries < 20
+                        && e.root_cause()
+                            .downcast_ref::<std::io::Error>()
+                            .and_then(std::io::Error::raw_os_error)
+                            == Some(rustix::io::Errno::TXTBSY.raw_os_error()) =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let display = rt.path().join(&name);
         wait_for_path(&display, &mut process, program, log)?;
         Ok(Some((Running::Session { process, _bus: bus }, display)))
