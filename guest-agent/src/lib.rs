@@ -56,6 +56,9 @@ pub struct Cli {
     /// Runs APP with WAYLAND_DISPLAY set to the agent's socket and exits with its status.
     #[arg(last = true, value_name = "APP ARGS")]
     pub app: Vec<String>,
+    /// Log format.
+    #[command(flatten)]
+    pub log: crossway_logging::LogArgs,
 }
 
 /// Runs the agent: listens, serves every client on its own thread, and with an app, exits

@@ -1,16 +1,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = crossway_agent::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    crossway_logging::init(&cli.log);
     match crossway_agent::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,16 +1,8 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use tracing_subscriber::EnvFilter;
-
 fn main() -> ExitCode {
-    let cli = crossway_proxy::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = crossway_proxy::Cli::try_parse_args(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    crossway_logging::init(&cli.log);
     match crossway_proxy::run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use crossway_protocols::capset::{CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND, CrosswayCaps};
-use crossway_virtio::backend::{Endpoint, ServeConfig, capabilities_json};
+use crossway_virtio::backend::{BoundSocket, Endpoint, ServeConfig, capabilities_json};
 use crossway_virtio::blob::ExportMode;
 use crossway_virtio::device::{CrosswayCapset, DeviceConfig, Limits};
 
@@ -80,8 +80,18 @@ pub fn print_capabilities() -> Result<()> {
 
 /// Runs the backend for one VMM.
 pub fn serve(args: ServeArgs) -> Result<()> {
+    // The socket exists from here on, before the counters' SIGUSR1 handler (below): a
+    // supervisor that asks for counters as soon as it sees the socket (the demo does) must not
+    // end the process, which is SIGUSR1's default action. Until then the request is dropped.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGUSR1,
+        Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .context("installing the SIGUSR1 handler")?;
+    // The VMM's socket before anything else, so that a path that cannot be used is the first
+    // and only error line (naming the path), not preceded by the relay's start-up logs.
     let endpoint = match (&args.socket_path, args.fd) {
-        (Some(p), None) => Endpoint::SocketPath(p.clone()),
+        (Some(p), None) => Endpoint::Bound(BoundSocket::bind(p).context("--socket-path")?),
         (None, Some(fd)) => {
             if fd < 3 {
                 bail!("--fd {fd} is a standard stream, not a vhost-user socket");

@@ -42,8 +42,10 @@ pub struct VmArgs {
     /// Where the loopback device's socket listens (default: in a private temporary directory).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Guest programs' open device files at most (connections to the socket).
-    #[arg(long, default_value_t = ServerConfig::default().max_connections)]
+    /// Guest programs' open device files at most (connections to the socket; the agent opens
+    /// one per guest client). More are refused, with a warning naming this flag.
+    #[arg(long, value_name = "N", default_value_t = ServerConfig::default().max_connections,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
     pub max_connections: usize,
     /// Where the spawned `serve` relays Wayland channels (ignored with --serve-socket).
     #[command(flatten)]

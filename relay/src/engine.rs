@@ -44,6 +44,7 @@ pub(super) mod op {
     pub const PARAMS_CREATE: u16 = 2;
     pub const PARAMS_CREATE_IMMED: u16 = 3;
     pub const PARAMS_CREATED: u16 = 0;
+    pub const OUTPUT_GEOMETRY: u16 = 0;
     pub const XDG_SURFACE_GET_TOPLEVEL: u16 = 1;
     pub const TOPLEVEL_SET_TITLE: u16 = 2;
     pub const TOPLEVEL_SET_APP_ID: u16 = 3;
@@ -511,6 +512,15 @@ impl Relay {
                     self.buffers.params_created(sender, *buffer);
                 }
             }
+            ("wl_output", op::OUTPUT_GEOMETRY) => {
+                // kwin's virtual outputs report a physical size of -1 mm; foot 1.13 dies of
+                // SIGFPE on it. 0 is what other compositors send for "unknown".
+                if let Some(sane) = output_geometry_without_negative_size(args) {
+                    wire::encode_unchecked(&mut out.to_guest, sender, opcode, &sane)
+                        .map_err(|e| e.to_string())?;
+                    rewritten = true;
+                }
+            }
             _ => {}
         }
         for _ in 0..p.args.fd_count() {
@@ -531,6 +541,36 @@ impl Relay {
             None => Ok(()),
         }
     }
+}
+
+/// `wl_output.geometry`'s arguments with a negative physical width or height replaced by 0
+/// (unknown), or `None` when they need no change.
+fn output_geometry_without_negative_size<'a>(args: &[Arg<'a>]) -> Option<[Arg<'a>; 8]> {
+    let [
+        x,
+        y,
+        Arg::Int(w),
+        Arg::Int(h),
+        subpixel,
+        make,
+        model,
+        transform,
+    ] = args
+    else {
+        return None;
+    };
+    (*w < 0 || *h < 0).then(|| {
+        [
+            *x,
+            *y,
+            Arg::Int((*w).max(0)),
+            Arg::Int((*h).max(0)),
+            *subpixel,
+            *make,
+            *model,
+            *transform,
+        ]
+    })
 }
 
 /// Hands `relay` the stream so far (`pending` then `bytes`) and keeps what it did not use (the

@@ -461,6 +461,7 @@ fn opcodes_match_the_tables() {
     check("wl_shm_pool", R, op::POOL_DESTROY, "destroy");
     check("wl_shm_pool", R, op::POOL_RESIZE, "resize");
     check("wl_buffer", R, op::BUFFER_DESTROY, "destroy");
+    check("wl_output", E, op::OUTPUT_GEOMETRY, "geometry");
     check("wl_surface", R, op::SURFACE_DESTROY, "destroy");
     check("wl_surface", R, op::SURFACE_ATTACH, "attach");
     check("wl_surface", R, op::SURFACE_DAMAGE, "damage");
@@ -1595,4 +1596,51 @@ fn shm_resize_after_the_client_grew_its_memfd_is_accepted() {
     let too_far = Requests::default().req(8, "wl_shm_pool", 2, &[Arg::Int(16385)]);
     let (obj, code, _) = h.expect_guest_error(too_far.0, vec![]);
     assert_eq!((obj, code), (8, shm::INVALID_FD));
+}
+
+/// A client bound to a host wl_output (global 8, object 8) that then sends `geometry` with a
+/// physical size of `w`×`h` mm; returns the geometry the guest got.
+fn output_geometry_seen(w: i32, h: i32) -> Vec<u8> {
+    let mut client = Harness::bound();
+    client
+        .host(Events::default().global(8, "wl_output", 4).0)
+        .unwrap();
+    client
+        .guest(Requests::default().bind(2, 8, "wl_output", 4, 8).0, vec![])
+        .unwrap();
+    client.out.clear();
+    let make = CString::new("make").unwrap();
+    let model = CString::new("model").unwrap();
+    let ev = Events::default().ev(
+        8,
+        "wl_output",
+        0,
+        &[
+            Arg::Int(0),
+            Arg::Int(0),
+            Arg::Int(w),
+            Arg::Int(h),
+            Arg::Int(0),
+            Arg::Str(Some(&make)),
+            Arg::Str(Some(&model)),
+            Arg::Int(0),
+        ],
+    );
+    client.host(ev.0).unwrap();
+    let msgs = Harness::messages(&client.out.to_guest);
+    assert_eq!(msgs.len(), 1);
+    msgs[0].2.clone()
+}
+
+#[test]
+fn output_geometry_negative_physical_size_becomes_unknown() {
+    let body = output_geometry_seen(-1, -1);
+    assert_eq!(&body[8..16], &[0u8; 8], "width and height are 0");
+}
+
+#[test]
+fn output_geometry_real_physical_size_is_forwarded_as_is() {
+    let body = output_geometry_seen(600, 340);
+    assert_eq!(&body[8..12], &600i32.to_ne_bytes());
+    assert_eq!(&body[12..16], &340i32.to_ne_bytes());
 }

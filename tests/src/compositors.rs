@@ -56,6 +56,15 @@ pub enum HostKind {
     Weston14Gl,
     /// sway 1.7, headless wlroots backend, pixman: a seat (foot, clipboard), screencopy (grim).
     Sway,
+    /// mutter 43 (GNOME's compositor, without gnome-shell) from bookworm: `--headless` with a
+    /// virtual monitor, on its own session bus, rendering in software without a GPU. It offers
+    /// no `zwp_linux_dmabuf_v1` there, and no screenshot interface (GNOME's is gnome-shell's):
+    /// tests check the Wayland-level facts instead.
+    Mutter,
+    /// kwin 5.27 (KDE's compositor) from bookworm: `--virtual` on its own session bus, QPainter
+    /// compositing. No `zwp_linux_dmabuf_v1` without a render node; its screenshot interface
+    /// (org.kde.KWin.ScreenShot2) answers only clients its desktop files authorise.
+    Kwin,
 }
 
 impl HostKind {
@@ -66,6 +75,8 @@ impl HostKind {
             HostKind::Weston10 => "weston10",
             HostKind::Weston14Gl => "weston14",
             HostKind::Sway => "sway",
+            HostKind::Mutter => "mutter",
+            HostKind::Kwin => "kwin",
         }
     }
 }
@@ -250,6 +261,11 @@ enum Running {
         _keyboard: wayland_client::Connection,
         _dir: tempfile::TempDir,
     },
+    /// mutter or kwin, and the session bus it was given.
+    Session {
+        process: Owned,
+        _bus: Owned,
+    },
 }
 
 /// One running host compositor. Stopped and cleaned up on drop.
@@ -319,6 +335,12 @@ impl Host {
             }
             HostKind::Sway => {
                 let Some(started) = Self::sway(rt, test, &log)? else {
+                    return Ok(None);
+                };
+                started
+            }
+            HostKind::Mutter | HostKind::Kwin => {
+                let Some(started) = Self::session_compositor(rt, test, kind, &log)? else {
                     return Ok(None);
                 };
                 started
@@ -457,6 +479,99 @@ impl Host {
         )))
     }
 
+    /// mutter or kwin on a session bus of its own (a `dbus-daemon` this host owns, rather than
+    /// `dbus-run-session`, so that stopping the host stops both).
+    fn session_compositor(
+        rt: &Runtime,
+        test: &str,
+        kind: HostKind,
+        log: &Path,
+    ) -> Result<Option<(Running, PathBuf)>> {
+        let program = match kind {
+            HostKind::Mutter => "mutter",
+            _ => "kwin_wayland",
+        };
+        let package = match kind {
+            HostKind::Mutter => "mutter",
+            _ => "kwin-wayland",
+        };
+        let (Some(compositor), Some(dbus)) = (
+            require(test, program, package),
+            require(test, "dbus-daemon", "dbus"),
+        ) else {
+            return Ok(None);
+        };
+        let bus_path = rt.path().join(format!("bus-{}", kind.name()));
+        let bus_log = log.with_extension("bus.log");
+        let mut bus = Owned::spawn(
+            Command::new(dbus)
+                .arg("--session")
+                .arg("--nofork")
+                .arg(format!("--address=unix:path={}", bus_path.display())),
+            &bus_log,
+        )?;
+        wait_for_path(&bus_path, &mut bus, "dbus-daemon", &bus_log)?;
+        let (w, h) = OUTPUT_SIZE;
+        let name = format!("host-{}-{}", kind.name(), std::process::id());
+        let mut cmd = match kind {
+            HostKind::Mutter => {
+                let mut cmd = Command::new(compositor);
+                cmd.args(["--headless", "--wayland", "--no-x11", "--virtual-monitor"])
+                    .arg(format!("{w}x{h}"))
+                    .arg("--wayland-display")
+                    .arg(&name);
+                cmd
+            }
+            _ => {
+                // Debian gives kwin_wayland a file capability (cap_sys_resource); where the
+                // process may not gain it (containers), exec fails with EPERM. A copy has no
+                // capability; it must keep the name, which kwin's Qt platform plugin checks.
+                let bin = rt.path().join("kwin-bin");
+                std::fs::create_dir_all(&bin)?;
+                let copy = bin.join("kwin_wayland");
+                std::fs::copy(&compositor, &copy)?;
+                let mut cmd = Command::new(copy);
+                cmd.args(["--virtual", "--no-lockscreen", "--no-global-shortcuts"])
+                    .arg("--socket")
+                    .arg(&name)
+                    .arg(format!("--width={w}"))
+                    .arg(format!("--height={h}"))
+                    // Software compositing without GL: lighter on a loaded machine.
+                    .env("KWIN_COMPOSE", "Q");
+                cmd
+            }
+        };
+        cmd.env("XDG_RUNTIME_DIR", rt.path())
+            .env("HOME", rt.path())
+            .env(
+                "DBUS_SESSION_BUS_ADDRESS",
+                format!("unix:path={}", bus_path.display()),
+            )
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("DISPLAY");
+        // kwin's fresh copy can still be open for writing in a child another test thread is
+        // forking (until its exec closes it): exec then fails with ETXTBSY for a moment.
+        let mut tries = 0;
+        let mut process = loop {
+            match Owned::spawn(&mut cmd, log) {
+                Err(e)
+                    if tries < 20
+                        && e.root_cause()
+                            .downcast_ref::<std::io::Error>()
+                            .and_then(std::io::Error::raw_os_error)
+                            == Some(rustix::io::Errno::TXTBSY.raw_os_error()) =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
+        let display = rt.path().join(&name);
+        wait_for_path(&display, &mut process, program, log)?;
+        Ok(Some((Running::Session { process, _bus: bus }, display)))
+    }
+
     /// A command for a client of this compositor connected directly (no Crossway).
     pub fn client(&self, rt: &Runtime, program: impl AsRef<OsStr>) -> Command {
         rt.client(program, &self.display)
@@ -507,6 +622,10 @@ impl Host {
                 find_entry(&dir, |n| n.ends_with(".png"))?
                     .context("weston-screenshooter wrote no PNG")?
             }
+            Running::Session { .. } => bail!(
+                "{} has no screenshot interface a test can use headless",
+                self.kind.name()
+            ),
             Running::Sway { grim, .. } => {
                 let png = dir.join("shot.png");
                 let out = self.client(rt, grim).arg(&png).output()?;
@@ -561,7 +680,7 @@ impl Host {
                 sway_windows(&tree, &mut windows);
                 Ok(Some(windows))
             }
-            Running::Weston { .. } => Ok(None),
+            Running::Weston { .. } | Running::Session { .. } => Ok(None),
         }
     }
 
@@ -633,16 +752,19 @@ impl Host {
     pub fn running(&mut self) -> bool {
         match &mut self.running {
             Running::Headless(p) => p.pid().is_some(),
-            Running::Weston { process, .. } | Running::Sway { process, .. } => {
-                process.exited().is_none()
-            }
+            Running::Weston { process, .. }
+            | Running::Sway { process, .. }
+            | Running::Session { process, .. } => process.exited().is_none(),
         }
     }
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
-        if let Running::Weston { process, .. } | Running::Sway { process, .. } = &mut self.running {
+        if let Running::Weston { process, .. }
+        | Running::Sway { process, .. }
+        | Running::Session { process, .. } = &mut self.running
+        {
             process.stop(Duration::from_secs(3));
         }
     }

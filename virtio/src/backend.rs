@@ -7,7 +7,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -59,6 +59,15 @@ pub enum BackendError {
     /// The socket could not be set up.
     #[error("socket")]
     Socket(#[source] io::Error),
+    /// The listening socket could not be made at this path.
+    #[error("cannot listen on {}", .path.display())]
+    Listen {
+        /// The path asked for.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// State shared by the daemon's threads.
@@ -403,9 +412,50 @@ impl VhostUserBackend for VhostGpu {
 pub enum Endpoint {
     /// Listen on this path and serve the first connection.
     SocketPath(PathBuf),
+    /// A socket already listening on a path ([`BoundSocket::bind`]), removed when served.
+    Bound(BoundSocket),
     /// An inherited socket: listening (accept one connection) or already connected (libvirt's
     /// `--fd`).
     Fd(OwnedFd),
+}
+
+impl BoundSocket {
+    /// Listens on `path` now (replacing a stale socket file there), so that a path that
+    /// cannot be used fails before anything else starts, with an error naming it.
+    pub fn bind(path: &Path) -> Result<BoundSocket, BackendError> {
+        let listener = Listener::new(path, true).map_err(|e| BackendError::Listen {
+            path: path.to_owned(),
+            source: match e {
+                vhost::vhost_user::Error::SocketError(e) => e,
+                other => io::Error::other(other.to_string()),
+            },
+        })?;
+        Ok(BoundSocket {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// A vhost-user socket listening on a path; the file is removed on drop.
+pub struct BoundSocket {
+    listener: Listener,
+    path: PathBuf,
+}
+
+impl BoundSocket {
+    /// Where it listens.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::fmt::Debug for BoundSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BoundSocket")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What `crossway-proxy serve` runs.
@@ -450,6 +500,12 @@ fn is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
 
 /// Serves one VMM connection until it closes. Returns the device's counters at the end.
 pub fn serve(config: ServeConfig) -> Result<StatsSnapshot, BackendError> {
+    // The socket first: a path that cannot be listened on is the error, before the device
+    // logs that it is ready.
+    let endpoint = match config.endpoint {
+        Endpoint::SocketPath(path) => Endpoint::Bound(BoundSocket::bind(&path)?),
+        other => other,
+    };
     let backend = VhostGpu::new(config.device, config.factory)?;
     let mut daemon = VhostUserDaemon::new(
         "crossway-gpu".into(),
@@ -465,12 +521,16 @@ pub fn serve(config: ServeConfig) -> Result<StatsSnapshot, BackendError> {
         h.register_listener(fd, EventSet::IN, u64::from(FENCE_EVENT))
             .map_err(BackendError::Socket)?;
     }
-    let result = match config.endpoint {
+    let result = match endpoint {
+        // Bound above; kept as a second way in rather than a panic.
         Endpoint::SocketPath(path) => {
-            tracing::info!(path = %path.display(), "listening for the VMM");
-            daemon
-                .serve(&path)
-                .map_err(|e| BackendError::Daemon(e.to_string()))
+            let mut bound = BoundSocket::bind(&path)?;
+            tracing::info!(path = %bound.path.display(), "listening for the VMM");
+            run_one(&mut daemon, &mut bound.listener)
+        }
+        Endpoint::Bound(mut bound) => {
+            tracing::info!(path = %bound.path.display(), "listening for the VMM");
+            run_one(&mut daemon, &mut bound.listener)
         }
         Endpoint::Fd(fd) => {
             if is_listening(fd.as_fd()).map_err(BackendError::Socket)? {
@@ -490,8 +550,10 @@ pub fn serve(config: ServeConfig) -> Result<StatsSnapshot, BackendError> {
     };
     let _ = backend.shared.exit.1.notify();
     let stats = backend.stats();
+    // Only a served connection ends with "disconnected": a failure is the caller's error line.
+    result?;
     tracing::info!(?stats, "VMM disconnected");
-    result.map(|()| stats)
+    Ok(stats)
 }
 
 fn run_one(

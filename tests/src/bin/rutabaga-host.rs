@@ -82,7 +82,7 @@ struct Cli {
     #[arg(long, value_name = "PATH|NAME")]
     wayland_display: String,
     /// Open device files (connections) at most.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = crossway_virtio::loopback::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Live blobs at most, over all connections.
     #[arg(long, default_value_t = 4096)]
@@ -955,13 +955,8 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    // The format from $CROSSWAY_LOG_FORMAT, colour only on a terminal, like the real binaries.
+    crossway_logging::init(&crossway_logging::LogArgs::from_env());
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -24,4 +24,4 @@ pub mod uapi;
 pub mod vring;
 
 pub use driver::{LoopbackConfig, LoopbackFile, LoopbackVm};
-pub use server::{LoopbackServer, ServedDevice, ServedFile, ServerConfig};
+pub use server::{DEFAULT_MAX_CONNECTIONS, LoopbackServer, ServedDevice, ServedFile, ServerConfig};

@@ -40,10 +40,15 @@ pub struct ServerConfig {
     pub max_message: usize,
 }
 
+/// A guest's open device files: as many as `serve`'s contexts (`--max-contexts`, 256 by
+/// default), since each guest client normally holds one. A real VM has no lower limit of its
+/// own; 16 used to refuse a 17th client that a real VM would take.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            max_connections: 16,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             max_message: wire::DEFAULT_MAX_MESSAGE,
         }
     }
@@ -251,7 +256,7 @@ fn accept_loop<D: ServedDevice>(shared: &Arc<Shared<D>>, listener: &UnixListener
             if !shared.limit_logged.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     max_connections = max,
-                    "limit reached: connection refused (logged once)"
+                    "limit reached: connection refused; --max-connections raises it (logged once)"
                 );
             }
             let e = VirtGpuError::OutOfMemory("max_connections");
