@@ -26,23 +26,16 @@ pub struct Mapping {
     writable: bool,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this value; access goes through
-// `read_at`/`write_at`, which copy bytes, or through `as_ptr`, whose users take on the same
-// data-race rules as with any shared memory.
+// SAFETY: the mapping is plain shared memory owned by this value, not tied to the thread that
+// made it; no method hands out a pointer or reference into it. It is deliberately not `Sync`:
+// the `&mut [u8]` that `read_from` builds over the range must be the only reference to it,
+// which holds because a `&Mapping` never reaches a second thread.
 unsafe impl Send for Mapping {}
-// SAFETY: see `Send`; no method hands out references into the mapping.
-unsafe impl Sync for Mapping {}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf takes no pointers.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(p).unwrap_or(4096)
-}
 
 impl Mapping {
     /// Maps `pieces` one after another into a single contiguous range.
     pub fn new(pieces: &[Piece<'_>]) -> Result<Mapping, VirtGpuError> {
-        let page = page_size();
+        let page = crossway_sys::page_size();
         let mut total = 0usize;
         for p in pieces {
             if p.len == 0 || p.len % page != 0 || p.offset % page as u64 != 0 {
@@ -131,8 +124,28 @@ impl VirtGpuMapping for Mapping {
         self.len
     }
 
-    fn as_ptr(&self) -> *mut u8 {
-        self.ptr
+    fn read_from(
+        &self,
+        file: BorrowedFd<'_>,
+        file_offset: u64,
+        offset: usize,
+        len: usize,
+    ) -> std::io::Result<()> {
+        self.check(offset, len)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        if !self.writable {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the mapping is read-only",
+            ));
+        }
+        // SAFETY: `offset + len <= self.len` (checked above) and the range is mapped writable
+        // (checked above) for the life of `self`, which the borrow keeps alive for this call.
+        // The slice is the only reference into the mapping (no method hands one out, and the
+        // type is not `Sync`) and is dropped before returning; plain bytes have no invalid
+        // values.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) };
+        crossway_sys::read_exact_at(file, dst, file_offset)
     }
 
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), VirtGpuError> {
@@ -203,6 +216,34 @@ mod tests {
         m.read_at(4096 + 10, &mut f).unwrap();
         assert_eq!(&f, b"xy");
         assert!(map.read_at(8190, &mut b).is_err());
+    }
+
+    #[test]
+    fn read_from_a_file_lands_in_the_mapping_and_a_short_file_is_an_error() {
+        let blob = Memfd::new("blob", 2 * 4096).unwrap();
+        let map = Mapping::new(&[Piece {
+            fd: blob.file().as_fd(),
+            offset: 0,
+            len: 2 * 4096,
+        }])
+        .unwrap();
+        // The client's pool, truncated later under the next copy.
+        let pool = tempfile_memfd(b"0123456789");
+        map.read_from(pool.as_fd(), 2, 4096 + 5, 6).unwrap();
+        let mut b = [0u8; 6];
+        blob.read_at(4096 + 5, &mut b).unwrap();
+        assert_eq!(&b, b"234567");
+        rustix::fs::ftruncate(&pool, 4).unwrap();
+        let e = map.read_from(pool.as_fd(), 2, 0, 6).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        let e = map.read_from(pool.as_fd(), 0, 2 * 4096 - 1, 2).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    }
+
+    fn tempfile_memfd(bytes: &[u8]) -> std::os::fd::OwnedFd {
+        let fd = rustix::fs::memfd_create("pool", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::io::pwrite(&fd, bytes, 0).unwrap();
+        fd
     }
 
     #[test]

@@ -18,6 +18,29 @@ pub mod eventfd;
 pub mod fdpass;
 pub mod memfd;
 
+/// Reads exactly `buf.len()` bytes of `fd` at `offset` (`pread`, retried on `EINTR` and short
+/// reads). A file that ends first is `UnexpectedEof`, which is how a copy out of a file the
+/// peer truncated fails: an error, never the `SIGBUS` a mapping of it would raise.
+pub fn read_exact_at(
+    fd: std::os::fd::BorrowedFd<'_>,
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<()> {
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = offset
+            .checked_add(done as u64)
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
+        match rustix::io::pread(fd, &mut buf[done..], at) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// The size of a memory page (from the auxiliary vector, no system call).
 pub fn page_size() -> usize {
     rustix::param::page_size()

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt as _;
 
 use crossway_protocols::cross_domain::{
     CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB, Command, decode_command,
@@ -350,6 +351,38 @@ fn shm_surface(s: &mut Session<Mock>) {
     ));
     stream.extend(msg(3, 0, &[new_id(7)]));
     s.client_input(&stream, vec![memfd(64 * 64 * 4)]).unwrap();
+}
+
+#[test]
+fn a_pool_truncated_under_a_commit_is_a_client_error_not_a_fault() {
+    let mut s = session();
+    let pool = memfd(64 * 64 * 4);
+    let mut stream = binds(&[(c"wl_compositor", 4, 3), (c"wl_shm", 1, 4)]);
+    stream.extend(msg(4, 0, &[new_id(5), Arg::Fd, Arg::Int(64 * 64 * 4)]));
+    stream.extend(msg(
+        5,
+        0,
+        &[
+            new_id(6),
+            Arg::Int(0),
+            Arg::Int(64),
+            Arg::Int(64),
+            Arg::Int(256),
+            Arg::Uint(0),
+        ],
+    ));
+    stream.extend(msg(3, 0, &[new_id(7)]));
+    s.client_input(&stream, vec![pool.try_clone().unwrap()])
+        .unwrap();
+    // The app shrinks its pool, then attaches and commits a buffer in it.
+    rustix::fs::ftruncate(&pool, 0).unwrap();
+    let mut commit = msg(7, 1, &[obj(6), Arg::Int(0), Arg::Int(0)]);
+    commit.extend(msg(7, 6, &[]));
+    let e = s.client_input(&commit, Vec::new()).unwrap_err();
+    assert!(
+        matches!(&e, SessionError::Client { object: 6, message, .. } if message.contains("reading the client's buffer")),
+        "{e}"
+    );
 }
 
 #[test]
