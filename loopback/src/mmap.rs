@@ -2,7 +2,10 @@
 //! pages of guest RAM stitched into one contiguous view (what the guest kernel's `mmap` of a
 //! shmem GEM object gives). This module holds the loopback's only `unsafe`.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
+
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
 
 use crossway_protocols::virtgpu::{VirtGpuError, VirtGpuMapping};
 
@@ -51,20 +54,16 @@ impl Mapping {
             return Err(VirtGpuError::InvalidArgument("empty mapping"));
         }
         // SAFETY: an anonymous PROT_NONE reservation at an address the kernel picks; nothing
-        // else refers to it. The result is checked before use.
+        // else refers to it.
         let base = unsafe {
-            libc::mmap(
+            rustix::mm::mmap_anonymous(
                 std::ptr::null_mut(),
                 total,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE,
             )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(VirtGpuError::OutOfMemory("address space"));
         }
+        .map_err(|_| VirtGpuError::OutOfMemory("address space"))?;
         let mut mapping = Mapping {
             ptr: base.cast(),
             len: total,
@@ -72,40 +71,29 @@ impl Mapping {
         };
         let mut at = 0usize;
         for p in pieces {
-            let off = libc::off_t::try_from(p.offset)
-                .map_err(|_| VirtGpuError::InvalidArgument("offset"))?;
             let start = mapping.ptr;
             let map = |prot| {
                 // SAFETY: `at + p.len <= total` (summed above), so the fixed address lies
                 // inside the reservation this function owns; MAP_FIXED replaces only that part
                 // of it. The fd is borrowed and open for the call.
                 unsafe {
-                    libc::mmap(
+                    rustix::mm::mmap(
                         start.add(at).cast(),
                         p.len,
                         prot,
-                        libc::MAP_SHARED | libc::MAP_FIXED,
-                        p.fd.as_raw_fd(),
-                        off,
+                        MapFlags::SHARED | MapFlags::FIXED,
+                        p.fd,
+                        p.offset,
                     )
                 }
             };
-            let mut r = map(libc::PROT_READ | libc::PROT_WRITE);
-            if r == libc::MAP_FAILED
-                && matches!(
-                    std::io::Error::last_os_error().raw_os_error(),
-                    Some(libc::EACCES | libc::EPERM)
-                )
-            {
+            let mut r = map(ProtFlags::READ | ProtFlags::WRITE);
+            if let Err(Errno::ACCESS | Errno::PERM) = r {
                 // A read-only file (the host sealed it): the whole mapping is read-only.
-                r = map(libc::PROT_READ);
+                r = map(ProtFlags::READ);
                 mapping.writable = false;
             }
-            if r == libc::MAP_FAILED {
-                return Err(VirtGpuError::Os(
-                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-                ));
-            }
+            r.map_err(|e| VirtGpuError::Os(e.raw_os_error()))?;
             at += p.len;
         }
         Ok(mapping)
@@ -175,9 +163,7 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are exactly the reservation made in `new`, still mapped, and no
         // reference into it outlives `self`.
-        unsafe {
-            libc::munmap(self.ptr.cast(), self.len);
-        }
+        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
     }
 }
 
