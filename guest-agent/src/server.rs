@@ -543,16 +543,17 @@ mod tests {
     use crate::channel::tests::open;
     use crate::session::{ClientReadPipe, SessionConfig, SessionLimits};
 
+    fn session() -> Session<crate::channel::tests::Mock> {
+        let config = SessionConfig {
+            limits: SessionLimits::default(),
+            guest_dev: None,
+        };
+        Session::new(open(), Arc::new(config), Arc::new(AgentStats::default()))
+    }
+
     #[test]
     fn write_read_pipe_never_blocks_on_a_client_that_does_not_read() {
-        let mut session = Session::new(
-            open(),
-            Arc::new(SessionConfig {
-                limits: SessionLimits::default(),
-                guest_dev: None,
-            }),
-            Arc::new(AgentStats::default()),
-        );
+        let mut session = session();
         // A blocking pipe, as clients create them; nobody reads `_read`.
         let (_read, write) = rustix::pipe::pipe().unwrap();
         session.read_pipes.insert(
@@ -585,14 +586,7 @@ mod tests {
     fn read_client_truncated_fds_end_the_client_and_close_every_fd() {
         let (agent, client) = UnixStream::pair().unwrap();
         agent.set_nonblocking(true).unwrap();
-        let mut session = Session::new(
-            open(),
-            Arc::new(SessionConfig {
-                limits: SessionLimits::default(),
-                guest_dev: None,
-            }),
-            Arc::new(AgentStats::default()),
-        );
+        let mut session = session();
         // 30 copies of a pipe's write end in one control message: two more than libwayland
         // sends at once, so the agent's recvmsg truncates it.
         let (read, write) = rustix::pipe::pipe().unwrap();
@@ -622,14 +616,7 @@ mod tests {
     fn a_closing_client_gets_its_error_after_a_full_socket_drains() {
         let (agent, client) = UnixStream::pair().unwrap();
         agent.set_nonblocking(true).unwrap();
-        let mut session = Session::new(
-            open(),
-            Arc::new(SessionConfig {
-                limits: SessionLimits::default(),
-                guest_dev: None,
-            }),
-            Arc::new(AgentStats::default()),
-        );
+        let mut session = session();
         // Fill the socket, then queue more events and the error behind them.
         let filler = vec![0u8; 4096];
         while rustix::io::write(&agent, &filler).is_ok() {}

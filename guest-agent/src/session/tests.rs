@@ -335,6 +335,11 @@ fn obj(n: u32) -> Arg<'static> {
 /// wl_compositor 3, wl_shm 4, a pool 5 of 64x64 ARGB on a memfd, buffer 6 in it and
 /// surface 7.
 fn shm_surface(s: &mut Session<Mock>) {
+    shm_surface_in(s, memfd(64 * 64 * 4));
+}
+
+/// Binds, a 64x64 pool (5) in `pool`, a buffer (6) in it, a surface (7).
+fn shm_surface_in(s: &mut Session<Mock>, pool: OwnedFd) {
     let mut stream = binds(&[(c"wl_compositor", 4, 3), (c"wl_shm", 1, 4)]);
     stream.extend(msg(4, 0, &[new_id(5), Arg::Fd, Arg::Int(64 * 64 * 4)]));
     stream.extend(msg(
@@ -350,30 +355,14 @@ fn shm_surface(s: &mut Session<Mock>) {
         ],
     ));
     stream.extend(msg(3, 0, &[new_id(7)]));
-    s.client_input(&stream, vec![memfd(64 * 64 * 4)]).unwrap();
+    s.client_input(&stream, vec![pool]).unwrap();
 }
 
 #[test]
 fn a_pool_truncated_under_a_commit_is_a_client_error_not_a_fault() {
     let mut s = session();
     let pool = memfd(64 * 64 * 4);
-    let mut stream = binds(&[(c"wl_compositor", 4, 3), (c"wl_shm", 1, 4)]);
-    stream.extend(msg(4, 0, &[new_id(5), Arg::Fd, Arg::Int(64 * 64 * 4)]));
-    stream.extend(msg(
-        5,
-        0,
-        &[
-            new_id(6),
-            Arg::Int(0),
-            Arg::Int(64),
-            Arg::Int(64),
-            Arg::Int(256),
-            Arg::Uint(0),
-        ],
-    ));
-    stream.extend(msg(3, 0, &[new_id(7)]));
-    s.client_input(&stream, vec![pool.try_clone().unwrap()])
-        .unwrap();
+    shm_surface_in(&mut s, pool.try_clone().unwrap());
     // The app shrinks its pool, then attaches and commits a buffer in it.
     rustix::fs::ftruncate(&pool, 0).unwrap();
     let mut commit = msg(7, 1, &[obj(6), Arg::Int(0), Arg::Int(0)]);
