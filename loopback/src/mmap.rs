@@ -30,9 +30,10 @@ pub struct Mapping {
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value, not tied to the thread that
-// made it; no method hands out a pointer or reference into it. It is deliberately not `Sync`:
-// the `&mut [u8]` that `read_from` builds over the range must be the only reference to it,
-// which holds because a `&Mapping` never reaches a second thread.
+// made it; no method hands out a reference into it (`as_ptr` gives a raw pointer, whose
+// dereferences are its user's unsafe obligation). It is deliberately not `Sync`: the
+// `&mut [u8]` that `read_from` builds over the range must be the only reference to it, which
+// holds because a `&Mapping` never reaches a second thread.
 unsafe impl Send for Mapping {}
 
 impl Mapping {
@@ -97,6 +98,13 @@ impl Mapping {
             at += p.len;
         }
         Ok(mapping)
+    }
+
+    /// Start of the mapping, for a VMM that hands guest memory to a library by address (the
+    /// reference host gives it to rutabaga as a guest blob's iovec). Not part of
+    /// [`VirtGpuMapping`]: the agent copies through [`VirtGpuMapping::read_from`] instead.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
     }
 
     fn check(&self, offset: usize, len: usize) -> Result<(), VirtGpuError> {
