@@ -60,8 +60,19 @@ impl VirtGpuMapping for Mapping {
     fn len(&self) -> usize {
         self.0.borrow().len()
     }
-    fn as_ptr(&self) -> *mut u8 {
-        self.0.borrow_mut().as_mut_ptr()
+    fn read_from(
+        &self,
+        file: std::os::fd::BorrowedFd<'_>,
+        file_offset: u64,
+        offset: usize,
+        len: usize,
+    ) -> std::io::Result<()> {
+        let mut m = self.0.borrow_mut();
+        let dst = offset
+            .checked_add(len)
+            .and_then(|end| m.get_mut(offset..end))
+            .ok_or(std::io::ErrorKind::InvalidInput)?;
+        crossway_sys::read_exact_at(file, dst, file_offset)
     }
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), VirtGpuError> {
         let m = self.0.borrow();

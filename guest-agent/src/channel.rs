@@ -900,8 +900,19 @@ pub(crate) mod tests {
         fn len(&self) -> usize {
             self.0.lock().unwrap().len()
         }
-        fn as_ptr(&self) -> *mut u8 {
-            self.0.lock().unwrap().as_mut_ptr()
+        fn read_from(
+            &self,
+            file: BorrowedFd<'_>,
+            file_offset: u64,
+            offset: usize,
+            len: usize,
+        ) -> std::io::Result<()> {
+            let mut m = self.0.lock().unwrap();
+            let dst = offset
+                .checked_add(len)
+                .and_then(|end| m.get_mut(offset..end))
+                .ok_or(std::io::ErrorKind::InvalidInput)?;
+            crossway_sys::read_exact_at(file, dst, file_offset)
         }
         fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), VirtGpuError> {
             let m = self.0.lock().unwrap();

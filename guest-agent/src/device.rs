@@ -284,11 +284,17 @@ impl VirtGpuMapping for AgentMapping {
         }
     }
 
-    fn as_ptr(&self) -> *mut u8 {
+    fn read_from(
+        &self,
+        file: std::os::fd::BorrowedFd<'_>,
+        file_offset: u64,
+        offset: usize,
+        len: usize,
+    ) -> std::io::Result<()> {
         match &self.inner {
-            MapInner::Render(m) => m.as_ptr(),
+            MapInner::Render(m) => m.read_from(file, file_offset, offset, len),
             #[cfg(feature = "loopback")]
-            MapInner::Loopback(m) => m.as_ptr(),
+            MapInner::Loopback(m) => m.read_from(file, file_offset, offset, len),
         }
     }
 

@@ -741,11 +741,11 @@ pub struct DrmMapping {
     len: usize,
 }
 
-// SAFETY: the mapping is shared memory owned by this value; `read_at`/`write_at` copy bytes
-// and `as_ptr` hands out a raw pointer whose users take on the usual shared-memory rules.
+// SAFETY: the mapping is shared memory owned by this value, not tied to the thread that made
+// it; no method hands out a pointer or reference into it. It is deliberately not `Sync`: the
+// `&mut [u8]` that `read_from` builds over the range must be the only reference to it, which
+// holds because a `&DrmMapping` never reaches a second thread.
 unsafe impl Send for DrmMapping {}
-// SAFETY: see `Send`; no method returns a reference into the mapping.
-unsafe impl Sync for DrmMapping {}
 
 impl DrmMapping {
     fn new(fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<DrmMapping, VirtGpuError> {
@@ -784,8 +784,23 @@ impl VirtGpuMapping for DrmMapping {
         self.len
     }
 
-    fn as_ptr(&self) -> *mut u8 {
-        self.ptr
+    fn read_from(
+        &self,
+        file: BorrowedFd<'_>,
+        file_offset: u64,
+        offset: usize,
+        len: usize,
+    ) -> std::io::Result<()> {
+        self.check(offset, len)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: `offset + len <= self.len` (checked above) and the range is mapped readable
+        // and writable for the life of `self`, which the borrow keeps alive for this call. The
+        // slice is the only reference into the mapping (no method hands one out, and the type
+        // is not `Sync`, so no other thread runs a method on it meanwhile) and is dropped
+        // before returning. The host may read the same memory; plain bytes have no invalid
+        // values.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) };
+        crossway_sys::read_exact_at(file, dst, file_offset)
     }
 
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), VirtGpuError> {

@@ -6,8 +6,6 @@
 //! protocol gets `wl_display.error` and is closed; a host that closes the channel ends that
 //! client only, with an error naming the cause. Other clients keep going either way.
 
-use std::io::{IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -17,17 +15,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use crossway_protocols::virtgpu::VirtGpu;
+use crossway_sys::fdpass::{self, Received};
 use rustix::event::{PollFd, PollFlags};
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
 
 use crate::channel::{Channel, ChannelConfig, ChannelMessage};
 use crate::session::{AgentStats, Session, SessionConfig, SessionError};
 
-/// Most fds in one `sendmsg` to a client (libwayland reads at most 28 per `recvmsg`).
-const MAX_FDS_OUT: usize = 28;
 /// Bytes read from a client at once.
 const READ_CHUNK: usize = 16 * 1024;
 /// Bytes read from a clipboard pipe at once (one cross-domain WRITE).
@@ -446,38 +439,23 @@ fn write_read_pipe<D: VirtGpu>(session: &mut Session<D>, id: u32) {
     }
 }
 
-/// Reads what the client sent and relays it.
+/// Reads what the client sent and relays it. A control message cut short (more fds than
+/// libwayland sends at once) ends the client: fds were lost, so its stream cannot be relayed.
 fn read_client<D: VirtGpu>(
     stream: &UnixStream,
     session: &mut Session<D>,
     buf: &mut [u8],
 ) -> Result<(), LoopEnd> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_OUT))];
-    let mut cmsg = RecvAncillaryBuffer::new(&mut space);
-    let mut iov = [IoSliceMut::new(buf)];
-    let r = match rustix::net::recvmsg(
-        stream,
-        &mut iov,
-        &mut cmsg,
-        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
-    ) {
-        Ok(r) => r,
-        Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => return Ok(()),
-        Err(rustix::io::Errno::CONNRESET) => return Err(LoopEnd::ClientGone),
-        Err(e) => return Err(LoopEnd::Io(e.into())),
-    };
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for m in cmsg.drain() {
-        if let RecvAncillaryMessage::ScmRights(rights) = m {
-            fds.extend(rights);
+    match fdpass::recv_with_fds(stream.as_fd(), buf) {
+        Ok(Received::WouldBlock) => Ok(()),
+        Ok(Received::Eof) => Err(LoopEnd::ClientGone),
+        Ok(Received::Data(n, fds)) => {
+            session.client_input(&buf[..n], fds)?;
+            Ok(())
         }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Err(LoopEnd::ClientGone),
+        Err(e) => Err(LoopEnd::Io(e)),
     }
-    if r.bytes == 0 && fds.is_empty() {
-        return Err(LoopEnd::ClientGone);
-    }
-    let n = r.bytes;
-    session.client_input(&buf[..n], fds)?;
-    Ok(())
 }
 
 /// Writes what is queued for the client, each fd with (or before) its message, at most 28 fds
@@ -485,7 +463,7 @@ fn read_client<D: VirtGpu>(
 fn flush_client<D: VirtGpu>(stream: &UnixStream, session: &mut Session<D>) -> Result<(), LoopEnd> {
     let out = &mut session.to_client;
     while !out.bytes.is_empty() {
-        let nfds = out.fds.len().min(MAX_FDS_OUT);
+        let nfds = out.fds.len().min(fdpass::MAX_FDS_PER_MSG);
         // Bytes up to the message of the first fd left for a later call.
         let end = out
             .fds
@@ -493,27 +471,18 @@ fn flush_client<D: VirtGpu>(stream: &UnixStream, session: &mut Session<D>) -> Re
             .map_or(out.bytes.len(), |(at, _)| (*at).max(1));
         let borrowed: Vec<BorrowedFd<'_>> =
             out.fds.iter().take(nfds).map(|(_, f)| f.as_fd()).collect();
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_OUT))];
-        let mut cmsg = SendAncillaryBuffer::new(&mut space);
-        if !borrowed.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(&borrowed)) {
-            return Err(LoopEnd::Io(std::io::Error::other(
-                "control buffer too small",
-            )));
-        }
-        let iov = [IoSlice::new(&out.bytes[..end])];
-        let sent = match rustix::net::sendmsg(
-            stream,
-            &iov,
-            &mut cmsg,
-            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
-        ) {
-            Ok(n) => n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::AGAIN) => return Ok(()),
-            Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => {
+        let sent = match fdpass::send_with_fds(stream.as_fd(), &out.bytes[..end], &borrowed) {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
                 return Err(LoopEnd::ClientGone);
             }
-            Err(e) => return Err(LoopEnd::Io(e.into())),
+            Err(e) => return Err(LoopEnd::Io(e)),
         };
         drop(borrowed);
         out.fds.drain(..nfds);
@@ -574,16 +543,17 @@ mod tests {
     use crate::channel::tests::open;
     use crate::session::{ClientReadPipe, SessionConfig, SessionLimits};
 
+    fn session() -> Session<crate::channel::tests::Mock> {
+        let config = SessionConfig {
+            limits: SessionLimits::default(),
+            guest_dev: None,
+        };
+        Session::new(open(), Arc::new(config), Arc::new(AgentStats::default()))
+    }
+
     #[test]
     fn write_read_pipe_never_blocks_on_a_client_that_does_not_read() {
-        let mut session = Session::new(
-            open(),
-            Arc::new(SessionConfig {
-                limits: SessionLimits::default(),
-                guest_dev: None,
-            }),
-            Arc::new(AgentStats::default()),
-        );
+        let mut session = session();
         // A blocking pipe, as clients create them; nobody reads `_read`.
         let (_read, write) = rustix::pipe::pipe().unwrap();
         session.read_pipes.insert(
@@ -613,17 +583,40 @@ mod tests {
     }
 
     #[test]
+    fn read_client_truncated_fds_end_the_client_and_close_every_fd() {
+        let (agent, client) = UnixStream::pair().unwrap();
+        agent.set_nonblocking(true).unwrap();
+        let mut session = session();
+        // 30 copies of a pipe's write end in one control message: two more than libwayland
+        // sends at once, so the agent's recvmsg truncates it.
+        let (read, write) = rustix::pipe::pipe().unwrap();
+        rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK).unwrap();
+        let copies: Vec<BorrowedFd<'_>> = (0..fdpass::MAX_FDS_PER_MSG + 2)
+            .map(|_| write.as_fd())
+            .collect();
+        fdpass::send_all_with_fds(
+            client.as_fd(),
+            &[std::io::IoSlice::new(&[0u8; 12])],
+            &copies,
+        )
+        .unwrap();
+        drop(copies);
+        drop(write);
+        let mut buf = vec![0u8; READ_CHUNK];
+        match read_client(&agent, &mut session, &mut buf) {
+            Err(LoopEnd::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::InvalidData),
+            other => panic!("expected a truncation error, got {other:?}"),
+        }
+        // Every copy the agent received was closed: the pipe has no writer left.
+        assert_eq!(rustix::io::read(&read, &mut [0u8; 1]), Ok(0));
+        assert!(session.to_client.bytes.is_empty());
+    }
+
+    #[test]
     fn a_closing_client_gets_its_error_after_a_full_socket_drains() {
         let (agent, client) = UnixStream::pair().unwrap();
         agent.set_nonblocking(true).unwrap();
-        let mut session = Session::new(
-            open(),
-            Arc::new(SessionConfig {
-                limits: SessionLimits::default(),
-                guest_dev: None,
-            }),
-            Arc::new(AgentStats::default()),
-        );
+        let mut session = session();
         // Fill the socket, then queue more events and the error behind them.
         let filler = vec![0u8; 4096];
         while rustix::io::write(&agent, &filler).is_ok() {}

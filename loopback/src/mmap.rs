@@ -2,7 +2,10 @@
 //! pages of guest RAM stitched into one contiguous view (what the guest kernel's `mmap` of a
 //! shmem GEM object gives). This module holds the loopback's only `unsafe`.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
+
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
 
 use crossway_protocols::virtgpu::{VirtGpuError, VirtGpuMapping};
 
@@ -26,23 +29,17 @@ pub struct Mapping {
     writable: bool,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this value; access goes through
-// `read_at`/`write_at`, which copy bytes, or through `as_ptr`, whose users take on the same
-// data-race rules as with any shared memory.
+// SAFETY: the mapping is plain shared memory owned by this value, not tied to the thread that
+// made it; no method hands out a reference into it (`as_ptr` gives a raw pointer, whose
+// dereferences are its user's unsafe obligation). It is deliberately not `Sync`: the
+// `&mut [u8]` that `read_from` builds over the range must be the only reference to it, which
+// holds because a `&Mapping` never reaches a second thread.
 unsafe impl Send for Mapping {}
-// SAFETY: see `Send`; no method hands out references into the mapping.
-unsafe impl Sync for Mapping {}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf takes no pointers.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(p).unwrap_or(4096)
-}
 
 impl Mapping {
     /// Maps `pieces` one after another into a single contiguous range.
     pub fn new(pieces: &[Piece<'_>]) -> Result<Mapping, VirtGpuError> {
-        let page = page_size();
+        let page = crossway_sys::page_size();
         let mut total = 0usize;
         for p in pieces {
             if p.len == 0 || p.len % page != 0 || p.offset % page as u64 != 0 {
@@ -58,20 +55,16 @@ impl Mapping {
             return Err(VirtGpuError::InvalidArgument("empty mapping"));
         }
         // SAFETY: an anonymous PROT_NONE reservation at an address the kernel picks; nothing
-        // else refers to it. The result is checked before use.
+        // else refers to it.
         let base = unsafe {
-            libc::mmap(
+            rustix::mm::mmap_anonymous(
                 std::ptr::null_mut(),
                 total,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE,
             )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(VirtGpuError::OutOfMemory("address space"));
         }
+        .map_err(|_| VirtGpuError::OutOfMemory("address space"))?;
         let mut mapping = Mapping {
             ptr: base.cast(),
             len: total,
@@ -79,43 +72,39 @@ impl Mapping {
         };
         let mut at = 0usize;
         for p in pieces {
-            let off = libc::off_t::try_from(p.offset)
-                .map_err(|_| VirtGpuError::InvalidArgument("offset"))?;
             let start = mapping.ptr;
             let map = |prot| {
                 // SAFETY: `at + p.len <= total` (summed above), so the fixed address lies
                 // inside the reservation this function owns; MAP_FIXED replaces only that part
                 // of it. The fd is borrowed and open for the call.
                 unsafe {
-                    libc::mmap(
+                    rustix::mm::mmap(
                         start.add(at).cast(),
                         p.len,
                         prot,
-                        libc::MAP_SHARED | libc::MAP_FIXED,
-                        p.fd.as_raw_fd(),
-                        off,
+                        MapFlags::SHARED | MapFlags::FIXED,
+                        p.fd,
+                        p.offset,
                     )
                 }
             };
-            let mut r = map(libc::PROT_READ | libc::PROT_WRITE);
-            if r == libc::MAP_FAILED
-                && matches!(
-                    std::io::Error::last_os_error().raw_os_error(),
-                    Some(libc::EACCES | libc::EPERM)
-                )
-            {
+            let mut r = map(ProtFlags::READ | ProtFlags::WRITE);
+            if let Err(Errno::ACCESS | Errno::PERM) = r {
                 // A read-only file (the host sealed it): the whole mapping is read-only.
-                r = map(libc::PROT_READ);
+                r = map(ProtFlags::READ);
                 mapping.writable = false;
             }
-            if r == libc::MAP_FAILED {
-                return Err(VirtGpuError::Os(
-                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-                ));
-            }
+            r.map_err(|e| VirtGpuError::Os(e.raw_os_error()))?;
             at += p.len;
         }
         Ok(mapping)
+    }
+
+    /// Start of the mapping, for a VMM that hands guest memory to a library by address (the
+    /// reference host gives it to rutabaga as a guest blob's iovec). Not part of
+    /// [`VirtGpuMapping`]: the agent copies through [`VirtGpuMapping::read_from`] instead.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
     }
 
     fn check(&self, offset: usize, len: usize) -> Result<(), VirtGpuError> {
@@ -131,8 +120,28 @@ impl VirtGpuMapping for Mapping {
         self.len
     }
 
-    fn as_ptr(&self) -> *mut u8 {
-        self.ptr
+    fn read_from(
+        &self,
+        file: BorrowedFd<'_>,
+        file_offset: u64,
+        offset: usize,
+        len: usize,
+    ) -> std::io::Result<()> {
+        self.check(offset, len)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        if !self.writable {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the mapping is read-only",
+            ));
+        }
+        // SAFETY: `offset + len <= self.len` (checked above) and the range is mapped writable
+        // (checked above) for the life of `self`, which the borrow keeps alive for this call.
+        // The slice is the only reference into the mapping (no method hands one out, and the
+        // type is not `Sync`) and is dropped before returning; plain bytes have no invalid
+        // values.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(offset), len) };
+        crossway_sys::read_exact_at(file, dst, file_offset)
     }
 
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), VirtGpuError> {
@@ -162,9 +171,7 @@ impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are exactly the reservation made in `new`, still mapped, and no
         // reference into it outlives `self`.
-        unsafe {
-            libc::munmap(self.ptr.cast(), self.len);
-        }
+        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -203,6 +210,34 @@ mod tests {
         m.read_at(4096 + 10, &mut f).unwrap();
         assert_eq!(&f, b"xy");
         assert!(map.read_at(8190, &mut b).is_err());
+    }
+
+    #[test]
+    fn read_from_a_file_lands_in_the_mapping_and_a_short_file_is_an_error() {
+        let blob = Memfd::new("blob", 2 * 4096).unwrap();
+        let map = Mapping::new(&[Piece {
+            fd: blob.file().as_fd(),
+            offset: 0,
+            len: 2 * 4096,
+        }])
+        .unwrap();
+        // The client's pool, truncated later under the next copy.
+        let pool = tempfile_memfd(b"0123456789");
+        map.read_from(pool.as_fd(), 2, 4096 + 5, 6).unwrap();
+        let mut b = [0u8; 6];
+        blob.read_at(4096 + 5, &mut b).unwrap();
+        assert_eq!(&b, b"234567");
+        rustix::fs::ftruncate(&pool, 4).unwrap();
+        let e = map.read_from(pool.as_fd(), 2, 0, 6).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        let e = map.read_from(pool.as_fd(), 0, 2 * 4096 - 1, 2).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    }
+
+    fn tempfile_memfd(bytes: &[u8]) -> std::os::fd::OwnedFd {
+        let fd = rustix::fs::memfd_create("pool", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::io::pwrite(&fd, bytes, 0).unwrap();
+        fd
     }
 
     #[test]

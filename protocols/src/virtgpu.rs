@@ -244,8 +244,17 @@ pub trait VirtGpuMapping: std::fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Start of the mapping, for code that hands memory to others (a `wl_shm` pool).
-    fn as_ptr(&self) -> *mut u8;
+    /// Reads `len` bytes of `file` at `file_offset` straight into the mapping at `offset`
+    /// (`pread` into the mapped memory, no bounce buffer: vm-memory's `read_volatile_from`).
+    /// The range must lie inside the mapping; a file shorter than `file_offset + len` (a
+    /// client that truncated its pool) is an error, never a fault.
+    fn read_from(
+        &self,
+        file: BorrowedFd<'_>,
+        file_offset: u64,
+        offset: usize,
+        len: usize,
+    ) -> std::io::Result<()>;
     /// Copies `buf.len()` bytes at `offset` out of the mapping.
     fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), VirtGpuError>;
     /// Copies `data` into the mapping at `offset`.

@@ -24,12 +24,12 @@ use anyhow::{Context as _, Result, bail};
 use rustix::event::{PollFd, PollFlags};
 use tracing::{debug, info, info_span, warn};
 
-use crate::fdstream::{FdQueue, Received, recv_with_fds};
 use crate::host::HostConnector;
 use crate::setup::{RelayArgs, RelaySetup};
 use crossway_relay::{
     BufferPath, GuestFd, GuestFdKind, NoSync, Outgoing, Relay, RelayConfig, RelayError, VmStats,
 };
+use crossway_sys::fdpass::{FdQueue, Received, recv_with_fds};
 
 /// Bytes read from a socket at once.
 const READ_CHUNK: usize = 16 * 1024;
@@ -247,7 +247,7 @@ impl Side {
 
     /// Sends what it can without blocking; each fd goes no later than its message.
     fn flush(&mut self) -> io::Result<()> {
-        self.queue.flush(&self.sock).map(|_| ())
+        self.queue.flush(self.sock.as_fd()).map(|_| ())
     }
 
     /// Reads what is there: `Ok(None)` if nothing yet, `Ok(Some((0, _)))` at end of stream.

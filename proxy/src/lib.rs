@@ -13,7 +13,6 @@
 
 pub mod cli;
 pub mod cross_domain;
-pub mod fdstream;
 pub mod filter;
 pub mod host;
 pub mod sandbox;

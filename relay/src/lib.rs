@@ -23,8 +23,7 @@ mod engine;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -190,30 +189,11 @@ pub struct RelayConfig {
     pub host_formats: Option<Arc<crossway_protocols::dmabuf::PreferenceList>>,
 }
 
-/// Hashes Wayland ids (small dense integers the peer chooses) with one multiply: the maps
-/// below are bounded by the object map's limit, so a peer gains nothing from collisions but a
-/// slower map, and the frame loop avoids SipHash.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-/// A map keyed by Wayland object id (or global name).
-pub type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+/// A map keyed by Wayland object id (or global name), hashed with rustc-hash's `FxHasher` (a
+/// multiply per key): Wayland ids are small dense integers the peer chooses, and the maps are
+/// bounded by the object map's limit, so a peer gains nothing from collisions but a slower
+/// map, and the frame loop avoids SipHash.
+pub type IdMap<V> = rustc_hash::FxHashMap<u32, V>;
 
 /// One guest client's relay: its object map, partial messages and fds waiting on both sides,
 /// advertised globals and buffer state.

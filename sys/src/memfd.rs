@@ -1,18 +1,23 @@
-//! Host memfds: the copy path's shadow of a guest blob, and HOST3D blob storage.
-//!
-//! The only `unsafe` here is the two libc calls that have no std wrapper.
+//! Sealed memfds, made one way for both programs: [`Memfd`] (the host's shadow of a guest
+//! blob, HOST3D blob storage, the loopback VM's guest memory) and [`sealed_memfd`] (the
+//! agent's read-only keymaps and format tables), through rustix's safe API.
 
-use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
-/// `F_SEAL_SHRINK`: udmabuf requires it; it also stops a peer from truncating under a mapping.
-pub const F_SEAL_SHRINK: i32 = libc::F_SEAL_SHRINK;
-/// `F_SEAL_GROW`.
-pub const F_SEAL_GROW: i32 = libc::F_SEAL_GROW;
-/// `F_SEAL_SEAL`.
-pub const F_SEAL_SEAL: i32 = libc::F_SEAL_SEAL;
+use rustix::fs::MemfdFlags;
+pub use rustix::fs::SealFlags;
+
+/// A close-on-exec memfd that allows sealing, named `name` (NULs replaced).
+fn create(name: &str) -> std::io::Result<File> {
+    let name = name.replace('\0', "_");
+    let fd = rustix::fs::memfd_create(
+        name.as_str(),
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    Ok(File::from(fd))
+}
 
 /// Why a memfd could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -42,30 +47,10 @@ impl Memfd {
     /// Creates a memfd of `size` bytes named `name` (visible in /proc/PID/fd), sealed against
     /// shrinking and growing.
     pub fn new(name: &str, size: u64) -> Result<Memfd, MemfdError> {
-        let cname = CString::new(name.replace('\0', "_")).unwrap_or_default();
-        // SAFETY: `cname` is a valid NUL-terminated string that outlives the call; the flags
-        // are constants. The return value is checked before use.
-        let fd = unsafe {
-            libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-        };
-        if fd < 0 {
-            return Err(MemfdError::Create(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned by memfd_create, is open and owned by nobody else.
-        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        let file = create(name).map_err(MemfdError::Create)?;
         file.set_len(size).map_err(|e| MemfdError::Size(size, e))?;
-        // SAFETY: fcntl(F_ADD_SEALS) on an fd we own, with an integer argument; no memory is
-        // passed to the kernel.
-        let rc = unsafe {
-            libc::fcntl(
-                file.as_raw_fd(),
-                libc::F_ADD_SEALS,
-                F_SEAL_SHRINK | F_SEAL_GROW,
-            )
-        };
-        if rc < 0 {
-            return Err(MemfdError::Seal(std::io::Error::last_os_error()));
-        }
+        rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW)
+            .map_err(|e| MemfdError::Seal(e.into()))?;
         Ok(Memfd { file, size })
     }
 
@@ -132,15 +117,22 @@ pub fn covering_copy(src: BorrowedFd<'_>, len: u64) -> Result<OwnedFd, MemfdErro
     Ok(m.file.into())
 }
 
+/// A memfd holding `bytes`, sealed against writes and resizing and then against new seals
+/// (clients map it read-only or private, as keymaps and format tables require).
+pub fn sealed_memfd(name: &str, bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    let file = create(name)?;
+    file.write_all_at(bytes, 0)?;
+    file.set_len(bytes.len() as u64)?;
+    rustix::fs::fcntl_add_seals(
+        &file,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+    )?;
+    Ok(file.into())
+}
+
 /// The seals set on `fd` (`F_GET_SEALS`), or an error if it is not a sealable memfd.
-pub fn seals(fd: &impl AsRawFd) -> std::io::Result<i32> {
-    // SAFETY: fcntl(F_GET_SEALS) takes no pointer argument; `fd` is borrowed and open.
-    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
-    if rc < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
+pub fn seals(fd: impl AsFd) -> std::io::Result<SealFlags> {
+    Ok(rustix::fs::fcntl_get_seals(fd)?)
 }
 
 #[cfg(test)]
@@ -153,8 +145,19 @@ mod tests {
         let m = Memfd::new("t", 8192).unwrap();
         assert_eq!(m.file().metadata().unwrap().len(), 8192);
         let s = seals(m.file()).unwrap();
-        assert_ne!(s & F_SEAL_SHRINK, 0);
-        assert_ne!(s & F_SEAL_GROW, 0);
+        assert!(s.contains(SealFlags::SHRINK | SealFlags::GROW));
+        assert!(!s.contains(SealFlags::WRITE));
+    }
+
+    #[test]
+    fn sealed_memfd_refuses_writes_and_resizing() {
+        let f = File::from(sealed_memfd("t", b"keymap").unwrap());
+        assert!(f.write_all_at(b"x", 0).is_err());
+        assert!(f.set_len(1).is_err());
+        let mut b = [0; 6];
+        f.read_exact_at(&mut b, 0).unwrap();
+        assert_eq!(&b, b"keymap");
+        assert!(seals(&f).unwrap().contains(SealFlags::SEAL));
     }
 
     #[test]
@@ -168,7 +171,7 @@ mod tests {
         f.read_exact_at(&mut got, 0).unwrap();
         assert!(got[..224].iter().all(|&b| b == 7));
         assert!(got[224..].iter().all(|&b| b == 0));
-        assert_eq!(seals(&f).unwrap() & libc::F_SEAL_WRITE, 0);
+        assert!(!seals(&f).unwrap().contains(SealFlags::WRITE));
         f.write_all_at(b"guest", 0).unwrap();
         let mut orig = [0u8; 5];
         short.read_at(0, &mut orig).unwrap();

@@ -478,24 +478,7 @@ impl std::fmt::Debug for ServeConfig {
 }
 
 fn is_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut val: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `val`, which is a live c_int; `len`
-    // holds its size. The fd is borrowed and open.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ACCEPTCONN,
-            (&raw mut val).cast(),
-            &mut len,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(val != 0)
-    }
+    Ok(rustix::net::sockopt::socket_acceptconn(fd)?)
 }
 
 /// Serves one VMM connection until it closes. Returns the device's counters at the end.

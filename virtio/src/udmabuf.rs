@@ -81,12 +81,6 @@ fn module_param(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn page_size() -> u64 {
-    // SAFETY: sysconf takes an integer and touches no memory of ours.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u64::try_from(p).ok().filter(|&p| p > 0).unwrap_or(4096)
-}
-
 impl Udmabuf {
     /// Opens the device.
     pub fn open() -> Result<Udmabuf, UdmabufError> {
@@ -111,8 +105,9 @@ impl Udmabuf {
     pub fn create_list(&self, items: &[UdmabufItem<'_>]) -> Result<OwnedFd, UdmabufError> {
         self.check(items)?;
         for it in items {
-            let s = crossway_sys::memfd::seals(&it.fd).map_err(|_| UdmabufError::Unsealed)?;
-            if s & crossway_sys::memfd::F_SEAL_SHRINK == 0 || s & libc::F_SEAL_WRITE != 0 {
+            use crossway_sys::memfd::SealFlags;
+            let s = crossway_sys::memfd::seals(it.fd).map_err(|_| UdmabufError::Unsealed)?;
+            if !s.contains(SealFlags::SHRINK) || s.contains(SealFlags::WRITE) {
                 return Err(UdmabufError::Unsealed);
             }
         }
@@ -160,7 +155,7 @@ pub fn check_items(
     list_limit: usize,
     size_limit_mb: u64,
 ) -> Result<(), UdmabufError> {
-    let page = page_size();
+    let page = crossway_sys::page_size() as u64;
     if items.len() > list_limit {
         return Err(UdmabufError::TooManyItems {
             count: items.len(),

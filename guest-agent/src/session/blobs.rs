@@ -17,12 +17,7 @@ pub(super) fn read_into<M: VirtGpuMapping>(
     if dst.checked_add(len).is_none_or(|end| end > mapping.len()) {
         return Err(std::io::Error::other("range past the blob"));
     }
-    // SAFETY: `mapping` maps `mapping.len()` bytes at `as_ptr()` for as long as it lives (the
-    // `VirtGpuMapping` contract), and `&mapping` keeps it alive for this call; the range was
-    // checked against that length above. The memory is shared with the host, which only reads
-    // it; plain bytes have no invalid values.
-    let slice = unsafe { std::slice::from_raw_parts_mut(mapping.as_ptr().add(dst), len) };
-    file.read_exact_at(slice, src)
+    mapping.read_from(file.as_fd(), src, dst, len)
 }
 
 impl<D: VirtGpu> Session<D> {

@@ -2,6 +2,8 @@
 
 use super::*;
 
+pub use crossway_sys::memfd::sealed_memfd;
+
 /// A host write-pipe item the client writes into: the agent reads the local pipe and WRITEs.
 #[derive(Debug)]
 pub struct HostWritePipe {
@@ -20,22 +22,6 @@ pub struct ClientReadPipe {
     pub queue: VecDeque<u8>,
     /// The host hung up: close once `queue` is empty.
     pub hang_up: bool,
-}
-
-/// A memfd holding `bytes`, sealed against writes and resizing (clients map it read-only or
-/// private, as keymaps and format tables require).
-pub fn sealed_memfd(name: &str, bytes: &[u8]) -> std::io::Result<OwnedFd> {
-    use rustix::fs::{MemfdFlags, SealFlags};
-    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-    let file = File::from(fd);
-    file.write_all_at(bytes, 0)?;
-    file.set_len(bytes.len() as u64)?;
-    let fd = OwnedFd::from(file);
-    rustix::fs::fcntl_add_seals(
-        &fd,
-        SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
-    )?;
-    Ok(fd)
 }
 
 pub(super) fn is_fifo(fd: BorrowedFd<'_>) -> bool {

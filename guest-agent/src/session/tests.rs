@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt as _;
 
 use crossway_protocols::cross_domain::{
     CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB, Command, decode_command,
@@ -269,17 +270,6 @@ fn format_tables_keep_only_linear_and_map_indices() {
 }
 
 #[test]
-fn sealed_memfds_refuse_writes() {
-    let fd = sealed_memfd("t", b"keymap").unwrap();
-    let f = File::from(fd);
-    assert!(f.write_all_at(b"x", 0).is_err());
-    assert!(f.set_len(1).is_err());
-    let mut b = [0; 6];
-    f.read_exact_at(&mut b, 0).unwrap();
-    assert_eq!(&b, b"keymap");
-}
-
-#[test]
 fn relayout_moves_rows_to_the_hosts_stride() {
     let src = BufferLayout {
         offset: 0,
@@ -345,6 +335,11 @@ fn obj(n: u32) -> Arg<'static> {
 /// wl_compositor 3, wl_shm 4, a pool 5 of 64x64 ARGB on a memfd, buffer 6 in it and
 /// surface 7.
 fn shm_surface(s: &mut Session<Mock>) {
+    shm_surface_in(s, memfd(64 * 64 * 4));
+}
+
+/// Binds, a 64x64 pool (5) in `pool`, a buffer (6) in it, a surface (7).
+fn shm_surface_in(s: &mut Session<Mock>, pool: OwnedFd) {
     let mut stream = binds(&[(c"wl_compositor", 4, 3), (c"wl_shm", 1, 4)]);
     stream.extend(msg(4, 0, &[new_id(5), Arg::Fd, Arg::Int(64 * 64 * 4)]));
     stream.extend(msg(
@@ -360,7 +355,23 @@ fn shm_surface(s: &mut Session<Mock>) {
         ],
     ));
     stream.extend(msg(3, 0, &[new_id(7)]));
-    s.client_input(&stream, vec![memfd(64 * 64 * 4)]).unwrap();
+    s.client_input(&stream, vec![pool]).unwrap();
+}
+
+#[test]
+fn a_pool_truncated_under_a_commit_is_a_client_error_not_a_fault() {
+    let mut s = session();
+    let pool = memfd(64 * 64 * 4);
+    shm_surface_in(&mut s, pool.try_clone().unwrap());
+    // The app shrinks its pool, then attaches and commits a buffer in it.
+    rustix::fs::ftruncate(&pool, 0).unwrap();
+    let mut commit = msg(7, 1, &[obj(6), Arg::Int(0), Arg::Int(0)]);
+    commit.extend(msg(7, 6, &[]));
+    let e = s.client_input(&commit, Vec::new()).unwrap_err();
+    assert!(
+        matches!(&e, SessionError::Client { object: 6, message, .. } if message.contains("reading the client's buffer")),
+        "{e}"
+    );
 }
 
 #[test]

@@ -36,7 +36,7 @@ use crossway_virtio::context::{
 use crossway_virtio::fence::FenceSignaler;
 use zerocopy::IntoBytes;
 
-use crate::fdstream::FdQueue;
+use crossway_sys::fdpass::FdQueue;
 pub use image::{ImageAllocator, ImageError, ImageLayout, ImageRequest, MemfdAllocator};
 pub use state::split_receive;
 use state::{Channel, Item, State};
@@ -225,7 +225,8 @@ impl CrossDomainContext {
         ctx: CtxId,
         fences: FenceSignaler,
     ) -> Result<CrossDomainContext, ContextError> {
-        let wake = sys::eventfd().map_err(|e| ContextError::Other(format!("eventfd: {e}")))?;
+        let wake = crossway_sys::eventfd::eventfd()
+            .map_err(|e| ContextError::Other(format!("eventfd: {e}")))?;
         let state = State::new(ctx.0, env.limits.clone(), fences, Arc::new(wake));
         Ok(CrossDomainContext {
             ctx,
@@ -428,7 +429,7 @@ impl CrossDomainContext {
                 st.read_pipes.insert(id, Arc::new(r));
             }
             // The worker polls a set it built before these existed.
-            sys::wake(st.wake.as_fd());
+            crossway_sys::eventfd::wake(st.wake.as_fd());
         }
         let mut out = Outgoing::default();
         let max_queue = st.limits.max_host_queue_bytes;
@@ -442,7 +443,7 @@ impl CrossDomainContext {
             .push(&out.to_host, std::mem::take(&mut out.host_fds));
         let mut end: Option<String> = None;
         if let Some(host) = ch.host.clone() {
-            match ch.host_out.flush(&host) {
+            match ch.host_out.flush(host.as_fd()) {
                 Ok(true) => {}
                 Ok(false) if ch.host_out.len() > max_queue => {
                     tracing::warn!(
@@ -452,7 +453,7 @@ impl CrossDomainContext {
                     );
                     end = Some("the host compositor is not reading (max_host_queue_bytes)".into());
                 }
-                Ok(false) => sys::wake(st.wake.as_fd()),
+                Ok(false) => crossway_sys::eventfd::wake(st.wake.as_fd()),
                 Err(e) => end = Some(format!("writing to the host compositor: {e}")),
             }
         }
@@ -495,7 +496,7 @@ impl CrossDomainContext {
                 st.close_write_pipe(wp);
             }
         } else if !flushed {
-            sys::wake(st.wake.as_fd());
+            crossway_sys::eventfd::wake(st.wake.as_fd());
         }
         Ok(())
     }
@@ -625,7 +626,7 @@ impl Drop for CrossDomainContext {
         {
             let mut st = lock(&self.state);
             st.stop = true;
-            sys::wake(st.wake.as_fd());
+            crossway_sys::eventfd::wake(st.wake.as_fd());
         }
         if let Some(w) = self.worker.take() {
             let _ = w.join();

@@ -24,8 +24,8 @@ use crossway_virtio::fence::FenceSignaler;
 use super::CrossDomainLimits;
 use super::image::{ImageLayout, ImageRequest};
 use super::sys;
-use crate::fdstream::FdQueue;
 use crossway_relay::{GuestFd, Outgoing, Relay, RelayError, SyncBuffers};
+use crossway_sys::fdpass::FdQueue;
 
 /// What an item id stands for.
 #[derive(Debug)]
@@ -254,7 +254,7 @@ impl State {
             None => tracing::warn!(ctx = self.ctx, "ring message without a channel ring"),
         }
         if was_full && self.has_room() {
-            sys::wake(self.wake.as_fd());
+            crossway_sys::eventfd::wake(self.wake.as_fd());
         }
     }
 
@@ -312,7 +312,7 @@ impl State {
             identifiers: Identifiers::new(),
             data: &[],
         });
-        sys::wake(self.wake.as_fd());
+        crossway_sys::eventfd::wake(self.wake.as_fd());
     }
 
     /// Turns what the relay has for the guest into RECEIVE messages: each fd becomes an item
@@ -381,7 +381,7 @@ impl State {
         if !wp.flush() {
             self.next_closing += 1;
             self.closing.insert(self.next_closing, wp);
-            sys::wake(self.wake.as_fd());
+            crossway_sys::eventfd::wake(self.wake.as_fd());
         }
     }
 }

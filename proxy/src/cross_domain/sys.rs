@@ -1,5 +1,5 @@
-//! The few system calls the cross-domain context makes on host fds besides socket I/O
-//! (`crate::fdstream`): pipes, an eventfd to wake the worker, and telling memory from pipes.
+//! The few system calls the cross-domain context makes on host fds besides socket I/O and its
+//! wake eventfd (both in `crossway_sys`): pipes, and telling memory from pipes.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -17,25 +17,6 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = rustix::fs::fcntl_getfl(fd)?;
     rustix::fs::fcntl_setfl(fd, flags | rustix::fs::OFlags::NONBLOCK)?;
     Ok(())
-}
-
-/// A non-blocking eventfd.
-pub fn eventfd() -> io::Result<OwnedFd> {
-    Ok(rustix::event::eventfd(
-        0,
-        rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
-    )?)
-}
-
-/// Adds one to an eventfd.
-pub fn wake(fd: BorrowedFd<'_>) {
-    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
-}
-
-/// Resets an eventfd.
-pub fn drain_eventfd(fd: BorrowedFd<'_>) {
-    let mut b = [0u8; 8];
-    let _ = rustix::io::read(fd, &mut b);
 }
 
 /// What a host fd is, as the cross-domain protocol can carry it (reference §2.3).

@@ -316,13 +316,13 @@ fn recv_host(s: &UnixStream, want: usize) -> (Vec<u8>, Vec<OwnedFd>) {
     while bytes.len() < want {
         let mut pfd = [rustix::event::PollFd::new(s, rustix::event::PollFlags::IN)];
         rustix::event::poll(&mut pfd, None).unwrap();
-        match crate::fdstream::recv_with_fds(s.as_fd(), &mut buf).unwrap() {
-            crate::fdstream::Received::Data(n, f) => {
+        match crossway_sys::fdpass::recv_with_fds(s.as_fd(), &mut buf).unwrap() {
+            crossway_sys::fdpass::Received::Data(n, f) => {
                 bytes.extend_from_slice(&buf[..n]);
                 fds.extend(f);
             }
-            crate::fdstream::Received::Eof => break,
-            crate::fdstream::Received::WouldBlock => {}
+            crossway_sys::fdpass::Received::Eof => break,
+            crossway_sys::fdpass::Received::WouldBlock => {}
         }
     }
     (bytes, fds)
@@ -578,7 +578,7 @@ fn receive_host_fds_become_blob_and_write_pipe_items() {
     let keymap = Memfd::new("keymap", 12345).unwrap();
     let (pipe_r, pipe_w) = sys::pipe().unwrap();
     let kfd = keymap.try_clone_fd().unwrap();
-    crate::fdstream::send_with_fds(
+    crossway_sys::fdpass::send_with_fds(
         host.as_fd(),
         b"keymap+send!",
         &[kfd.as_fd(), pipe_w.as_fd()],
@@ -658,7 +658,7 @@ fn host_fd_that_is_neither_memory_nor_write_pipe_ends_channel() {
     let mut r = rig();
     let host = r.wayland();
     let (sock_a, _sock_b) = UnixStream::pair().unwrap();
-    crate::fdstream::send_with_fds(host.as_fd(), b"badfd!!!", &[sock_a.as_fd()]).unwrap();
+    crossway_sys::fdpass::send_with_fds(host.as_fd(), b"badfd!!!", &[sock_a.as_fd()]).unwrap();
     let (ids, data) = receive(&r.next(1));
     assert!(ids.is_empty() && data.is_empty(), "channel ended with EOF");
     assert!(r.submit(&send_cmd(&[], b"more")).is_err());

@@ -105,7 +105,7 @@ pub(crate) fn run(state: Arc<Mutex<State>>) {
                 continue;
             }
             match source {
-                Source::Wake => sys::drain_eventfd(wake.as_fd()),
+                Source::Wake => crossway_sys::eventfd::drain(wake.as_fd()),
                 Source::Host(host) => {
                     if revents.intersects(PollFlags::OUT | PollFlags::HUP | PollFlags::ERR)
                         && asked.contains(PollFlags::OUT)
@@ -146,19 +146,19 @@ fn flush_host(state: &Mutex<State>) {
     let Some(host) = ch.host.clone() else {
         return;
     };
-    if let Err(e) = ch.host_out.flush(&host) {
+    if let Err(e) = ch.host_out.flush(host.as_fd()) {
         st.end_channel(&format!("writing to the host compositor: {e}"));
     }
 }
 
 fn read_host(state: &Mutex<State>, host: &UnixStream, buf: &mut [u8]) {
-    let received = crate::fdstream::recv_with_fds(host.as_fd(), buf);
+    let received = crossway_sys::fdpass::recv_with_fds(host.as_fd(), buf);
     let mut st = lock(state);
     match received {
-        Ok(crate::fdstream::Received::WouldBlock) => {}
-        Ok(crate::fdstream::Received::Eof) => st.host_closed(),
+        Ok(crossway_sys::fdpass::Received::WouldBlock) => {}
+        Ok(crossway_sys::fdpass::Received::Eof) => st.host_closed(),
         Err(e) => st.end_channel(&format!("reading from the host compositor: {e}")),
-        Ok(crate::fdstream::Received::Data(n, fds)) => {
+        Ok(crossway_sys::fdpass::Received::Data(n, fds)) => {
             let mut out = Outgoing::default();
             let Some(ch) = st.channel.as_mut() else {
                 return;
