@@ -225,7 +225,10 @@ impl CrossDomainContext {
         ctx: CtxId,
         fences: FenceSignaler,
     ) -> Result<CrossDomainContext, ContextError> {
-        let wake = sys::eventfd().map_err(|e| ContextError::Other(format!("eventfd: {e}")))?;
+        let wake = sys::eventfd().map_err(|source| ContextError::Host {
+            what: "eventfd",
+            source,
+        })?;
         let state = State::new(ctx.0, env.limits.clone(), fences, Arc::new(wake));
         Ok(CrossDomainContext {
             ctx,
@@ -268,14 +271,14 @@ impl CrossDomainContext {
                 let writer = resources.guest_writer(ring)?;
                 let connector = self.env.connector.as_ref().map_err(|reason| {
                     tracing::error!(ctx = self.ctx.0, reason = %reason, "Wayland channel refused: no host compositor");
-                    ContextError::Other(format!("no host compositor: {reason}"))
+                    ContextError::NoHostCompositor(reason.clone())
                 })?;
                 let stream = connector
                     .connect()
                     .and_then(|s| s.set_nonblocking(true).map(|()| s))
                     .map_err(|e| {
                         tracing::error!(ctx = self.ctx.0, error = %e, "Wayland channel refused: cannot connect to the host compositor");
-                        ContextError::Other(format!("connecting to the host compositor: {e}"))
+                        ContextError::HostConnect(e)
                     })?;
                 let relay = Box::new(Relay::new(
                     self.env.config.clone(),
@@ -294,7 +297,10 @@ impl CrossDomainContext {
                 let worker = std::thread::Builder::new()
                     .name(format!("crossway-xd-{}", self.ctx.0))
                     .spawn(move || worker::run(state))
-                    .map_err(|e| ContextError::Other(format!("worker thread: {e}")))?;
+                    .map_err(|source| ContextError::Host {
+                        what: "spawning the channel's worker thread",
+                        source,
+                    })?;
                 self.worker = Some(worker);
                 tracing::info!(ctx = self.ctx.0, host = %connector.socket().display(), "Wayland channel connected");
             }
@@ -327,7 +333,7 @@ impl CrossDomainContext {
             match st.image_cache.get(&req).copied() {
                 Some(id) => match st.items.get(&id) {
                     Some(Item::Image { layout, .. }) => (id, *layout),
-                    _ => return Err(ContextError::Other("image cache out of step".into())),
+                    _ => return Err(ContextError::OutOfStep("image cache")),
                 },
                 None => {
                     let layout = self
@@ -403,8 +409,10 @@ impl CrossDomainContext {
                         return Err(ContextError::OutOfMemory);
                     }
                     drop(st);
-                    let (r, w) =
-                        sys::pipe().map_err(|e| ContextError::Other(format!("pipe: {e}")))?;
+                    let (r, w) = sys::pipe().map_err(|source| ContextError::Host {
+                        what: "pipe",
+                        source,
+                    })?;
                     new_pipes.push((ident.id, r));
                     fds.push(GuestFd {
                         fd: w,
@@ -421,7 +429,7 @@ impl CrossDomainContext {
         let mut st = lock(&self.state);
         let closed = st.channel.as_ref().is_none_or(|c| c.host.is_none());
         if closed {
-            return Err(ContextError::Other("the Wayland channel has ended".into()));
+            return Err(ContextError::ChannelEnded);
         }
         if !new_pipes.is_empty() {
             for (id, r) in new_pipes {
@@ -433,7 +441,7 @@ impl CrossDomainContext {
         let mut out = Outgoing::default();
         let max_queue = st.limits.max_host_queue_bytes;
         let Some(ch) = st.channel.as_mut() else {
-            return Err(ContextError::Other("the Wayland channel has ended".into()));
+            return Err(ContextError::ChannelEnded);
         };
         let result = ch
             .relay
@@ -605,7 +613,7 @@ impl Context for CrossDomainContext {
                     )));
                 }
                 let Some(Item::Blob { fd, size: have }) = st.items.remove(&id) else {
-                    return Err(ContextError::Other("item vanished".into()));
+                    return Err(ContextError::OutOfStep("item vanished"));
                 };
                 Ok(HostBlob {
                     fd,
