@@ -188,9 +188,14 @@ pub fn accept_loop<D: VirtGpu + Send + 'static>(
         let spawned = std::thread::Builder::new()
             .name(format!("client-{n}"))
             .spawn(move || {
+                // Every event of this client's session carries its id, and its render node
+                // once the device is open.
+                let span =
+                    tracing::info_span!("client", client = n, device = tracing::field::Empty);
+                let _entered = span.enter();
                 match serve_client(&stream, &s) {
-                    Ok(()) => tracing::info!(client = n, "disconnected"),
-                    Err(e) => tracing::warn!(client = n, "ended: {e:#}"),
+                    Ok(()) => tracing::info!("disconnected"),
+                    Err(e) => tracing::warn!("ended: {e:#}"),
                 }
                 s.live.fetch_sub(1, Ordering::Relaxed);
             });
@@ -232,6 +237,10 @@ fn serve_client<D: VirtGpu>(stream: &UnixStream, shared: &Shared<D>) -> Result<(
             return Err(e);
         }
     };
+    if let Some(node) = guest_dev {
+        let (major, minor) = (rustix::fs::major(node), rustix::fs::minor(node));
+        tracing::Span::current().record("device", format_args!("{major}:{minor}"));
+    }
     let ch = match Channel::open(dev, shared.channel.clone()) {
         Ok(c) => c,
         Err(e) => {

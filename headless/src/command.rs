@@ -28,7 +28,7 @@ pub struct HeadlessArgs {
     #[arg(long, value_enum, default_value_t)]
     pub placement: Placement,
     /// dmabuf formats to advertise, most preferred first:
-    /// FOURCC:MODIFIER[:scanout],... (e.g. XR24:linear:scanout,AR24:0x100000000000001).
+    /// `FOURCC:MODIFIER[:scanout],...` (e.g. `XR24:linear:scanout,AR24:0x100000000000001`).
     /// Default: a table shaped like an Intel GPU's.
     #[arg(long, value_name = "SPEC")]
     pub dmabuf_formats: Option<String>,

@@ -1,5 +1,5 @@
-//! Reading client buffers (dmabuf planes) without trusting their size to stay put. The only
-//! `unsafe` of the compositor.
+//! Reading client buffers (dmabuf planes) without trusting their size to stay put: the
+//! compositor's `unsafe`, but for the one `dispatch_clients` call in `lib.rs`.
 //!
 //! A client owns the file behind each plane and may shrink it at any time. A shared mapping of
 //! a shrunk file raises `SIGBUS` on the next read, which would kill the compositor and every

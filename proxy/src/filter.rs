@@ -190,7 +190,7 @@ struct ClientTask {
 
 impl ClientTask {
     fn run(self) {
-        let span = info_span!("client", label = %self.label);
+        let span = info_span!("client", vm = %self.stats.vm_name, client = %self.label);
         let _enter = span.enter();
         let host = match self.connector.connect() {
             Ok(h) => h,

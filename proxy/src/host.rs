@@ -51,15 +51,64 @@ pub enum HostError {
     /// It did not answer a round trip in time.
     #[error("host compositor did not answer within {0:?}")]
     Timeout(Duration),
+    /// The Wayland connection over the connected socket could not be set up.
+    #[error("setting up the Wayland connection to the host compositor")]
+    Handshake(#[source] wayland_client::ConnectError),
     /// It broke the protocol or closed the connection.
-    #[error("host compositor connection failed: {0}")]
-    Protocol(String),
+    #[error("host compositor connection failed")]
+    Wayland(#[source] wayland_client::backend::WaylandError),
+    /// One of its events could not be dispatched.
+    #[error("dispatching the host compositor's events")]
+    Dispatch(#[source] wayland_client::DispatchError),
+    /// Waiting for its socket failed.
+    #[error("waiting for the host compositor")]
+    Poll(#[source] io::Error),
     /// Its dmabuf feedback cannot be used.
-    #[error("host compositor's dmabuf feedback: {0}")]
-    Feedback(String),
+    #[error("host compositor's dmabuf feedback")]
+    Feedback(#[source] FeedbackError),
     /// A security context was asked of a host that does not offer one.
     #[error("host compositor does not offer {SECURITY_CONTEXT_MANAGER}")]
     NoSecurityContext,
+}
+
+/// Why the host compositor's `zwp_linux_dmabuf_feedback_v1` (or its v1-v3 events) cannot be
+/// used; the proxy then relays no linux-dmabuf at all.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    /// A table, index array or device number in it is malformed.
+    #[error("malformed feedback")]
+    Malformed(#[from] DmabufError),
+    /// The format table is larger than [`ProbeLimits::max_format_table_bytes`].
+    #[error("format table of {size} bytes is over the limit of {limit}")]
+    TableTooLarge {
+        /// Bytes announced.
+        size: u32,
+        /// The limit.
+        limit: u32,
+    },
+    /// The format table's fd holds fewer bytes than announced.
+    #[error("format table fd holds {actual} bytes, fewer than the {size} announced")]
+    TableShort {
+        /// Bytes the fd holds.
+        actual: u64,
+        /// Bytes announced.
+        size: u32,
+    },
+    /// The format table's fd could not be read.
+    #[error("reading the format table")]
+    ReadTable(#[source] io::Error),
+    /// `tranche_formats` came before any `format_table`.
+    #[error("tranche_formats before format_table")]
+    TrancheBeforeTable,
+    /// More tranches than the table could have entries.
+    #[error("more than {} tranches", dmabuf::MAX_TABLE_ENTRIES)]
+    TooManyTranches,
+    /// A format table arrived but `done` never did.
+    #[error("feedback never reached done")]
+    NoDone,
+    /// `done` arrived without a format table.
+    #[error("feedback without a format table")]
+    NoTable,
 }
 
 /// One global the host compositor advertises.
@@ -153,7 +202,10 @@ impl HostInfo {
             (None, _) => None,
             (Some(_), Ok(list)) => Some(list),
             (Some(_), Err(err)) => {
-                warn!(%err, "host dmabuf feedback unusable; linux-dmabuf will not be relayed");
+                warn!(
+                    err = &err as &dyn std::error::Error,
+                    "host dmabuf feedback unusable; linux-dmabuf will not be relayed"
+                );
                 None
             }
         };
@@ -452,8 +504,7 @@ impl Session {
             path: socket.to_path_buf(),
             source,
         })?;
-        let conn = Connection::from_socket(stream)
-            .map_err(|e| HostError::Protocol(format!("connecting: {e}")))?;
+        let conn = Connection::from_socket(stream).map_err(HostError::Handshake)?;
         let queue = conn.new_event_queue();
         let qh = queue.handle();
         Ok(Session {
@@ -469,10 +520,11 @@ impl Session {
         state.sync_serial += 1;
         let serial = state.sync_serial;
         self.conn.display().sync(&self.qh, serial);
-        let proto = |e: &dyn std::fmt::Display| HostError::Protocol(e.to_string());
         loop {
-            self.queue.flush().map_err(|e| proto(&e))?;
-            self.queue.dispatch_pending(state).map_err(|e| proto(&e))?;
+            self.queue.flush().map_err(HostError::Wayland)?;
+            self.queue
+                .dispatch_pending(state)
+                .map_err(HostError::Dispatch)?;
             if state.synced >= serial {
                 return Ok(());
             }
@@ -497,13 +549,13 @@ impl Session {
                 Ok(0) => return Err(HostError::Timeout(self.limits.timeout)),
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(proto(&e)),
+                Err(e) => return Err(HostError::Poll(e.into())),
             }
             match guard.read() {
                 Ok(_) => {}
                 Err(wayland_client::backend::WaylandError::Io(e))
                     if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(proto(&e)),
+                Err(e) => return Err(HostError::Wayland(e)),
             }
         }
     }
@@ -525,56 +577,55 @@ struct ProbeState {
     /// v1–v3 `format`/`modifier` events in order.
     legacy: PreferenceList,
     /// The first thing wrong with the feedback.
-    error: Option<String>,
+    error: Option<FeedbackError>,
 }
 
 impl ProbeState {
-    fn fail(&mut self, what: impl Into<String>) {
+    fn fail(&mut self, what: impl Into<FeedbackError>) {
         if self.error.is_none() {
             self.error = Some(what.into());
         }
     }
 
-    /// The preference list, from the feedback if one arrived, else the legacy events.
-    fn feedback_result(&self) -> Result<PreferenceList, String> {
-        if let Some(err) = &self.error {
-            return Err(err.clone());
+    /// The preference list, from the feedback if one arrived, else the legacy events. Takes
+    /// the first error recorded, so a second call sees only the rest of the state.
+    fn feedback_result(&mut self) -> Result<PreferenceList, FeedbackError> {
+        if let Some(err) = self.error.take() {
+            return Err(err);
         }
         if let Some(table) = &self.table {
             if !self.feedback_done {
-                return Err("feedback never reached done".into());
+                return Err(FeedbackError::NoDone);
             }
             let fb = Feedback {
                 main_device: self.main_device,
                 table: table.clone(),
                 tranches: self.tranches.clone(),
             };
-            return fb.preferences().map_err(|e| e.to_string());
+            return Ok(fb.preferences()?);
         }
         if self.feedback_done {
-            return Err("feedback without a format table".into());
+            return Err(FeedbackError::NoTable);
         }
         Ok(self.legacy.clone())
     }
 
-    fn read_table(&mut self, fd: OwnedFd, size: u32) -> Result<FormatTable, String> {
+    fn read_table(&mut self, fd: OwnedFd, size: u32) -> Result<FormatTable, FeedbackError> {
         if size > self.limits.max_format_table_bytes {
-            return Err(format!(
-                "format table of {size} bytes is over the limit of {}",
-                self.limits.max_format_table_bytes
-            ));
+            return Err(FeedbackError::TableTooLarge {
+                size,
+                limit: self.limits.max_format_table_bytes,
+            });
         }
         let file = std::fs::File::from(fd);
-        let actual = file.metadata().map_err(|e| e.to_string())?.len();
+        let actual = file.metadata().map_err(FeedbackError::ReadTable)?.len();
         if actual < u64::from(size) {
-            return Err(format!(
-                "format table fd holds {actual} bytes, fewer than the {size} announced"
-            ));
+            return Err(FeedbackError::TableShort { actual, size });
         }
         let mut bytes = vec![0; size as usize];
         file.read_exact_at(&mut bytes, 0)
-            .map_err(|e| format!("reading the format table: {e}"))?;
-        FormatTable::from_bytes(&bytes).map_err(|e: DmabufError| e.to_string())
+            .map_err(FeedbackError::ReadTable)?;
+        Ok(FormatTable::from_bytes(&bytes)?)
     }
 }
 
@@ -663,11 +714,11 @@ impl Dispatch<feedback::ZwpLinuxDmabufFeedbackV1, ()> for ProbeState {
             },
             feedback::Event::MainDevice { device } => match dmabuf::parse_dev_t(&device) {
                 Ok(dev) => state.main_device = dev,
-                Err(err) => state.fail(err.to_string()),
+                Err(err) => state.fail(err),
             },
             feedback::Event::TrancheTargetDevice { device } => match dmabuf::parse_dev_t(&device) {
                 Ok(dev) => state.tranche_mut().target_device = dev,
-                Err(err) => state.fail(err.to_string()),
+                Err(err) => state.fail(err),
             },
             feedback::Event::TrancheFlags { flags } => {
                 state.tranche_mut().flags = match flags {
@@ -677,10 +728,9 @@ impl Dispatch<feedback::ZwpLinuxDmabufFeedbackV1, ()> for ProbeState {
             }
             feedback::Event::TrancheFormats { indices } => {
                 let parsed = match &state.table {
-                    Some(table) => {
-                        dmabuf::parse_tranche_indices(&indices, table).map_err(|e| e.to_string())
-                    }
-                    None => Err("tranche_formats before format_table".into()),
+                    Some(table) => dmabuf::parse_tranche_indices(&indices, table)
+                        .map_err(FeedbackError::Malformed),
+                    None => Err(FeedbackError::TrancheBeforeTable),
                 };
                 match parsed {
                     Ok(ix) => state.tranche_mut().indices.extend(ix),
@@ -690,7 +740,7 @@ impl Dispatch<feedback::ZwpLinuxDmabufFeedbackV1, ()> for ProbeState {
             feedback::Event::TrancheDone => {
                 let tranche = state.tranche.take().unwrap_or_else(empty_tranche);
                 if state.tranches.len() >= dmabuf::MAX_TABLE_ENTRIES {
-                    state.fail("too many tranches");
+                    state.fail(FeedbackError::TooManyTranches);
                 } else {
                     state.tranches.push(tranche);
                 }
@@ -808,7 +858,7 @@ mod tests {
 
     #[test]
     fn feedback_without_done_is_refused() {
-        let state = ProbeState {
+        let mut state = ProbeState {
             table: FormatTable::from_pairs([FormatModifier {
                 format: 1,
                 modifier: 0,
@@ -816,7 +866,10 @@ mod tests {
             .ok(),
             ..ProbeState::default()
         };
-        assert!(state.feedback_result().is_err());
+        assert!(matches!(
+            state.feedback_result(),
+            Err(FeedbackError::NoDone)
+        ));
     }
 
     #[test]
@@ -829,6 +882,12 @@ mod tests {
             ..ProbeState::default()
         };
         let (r, _w) = std::io::pipe().unwrap();
-        assert!(state.read_table(r.into(), 48).is_err());
+        assert!(matches!(
+            state.read_table(r.into(), 48),
+            Err(FeedbackError::TableTooLarge {
+                size: 48,
+                limit: 32
+            })
+        ));
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! The binary's `main` parses [`cli::Cli`], installs logging and calls [`run`]; tests call
 //! [`run`] the same way. `demo` runs the whole chain (headless compositor, `serve`, the loopback
-//! VM with the guest agent and an app) as separate processes: [`demo`].
+//! VM with the guest agent and an app) as separate processes: [`crossway_demo`].
 
 pub mod cli;
 pub mod cross_domain;

@@ -266,7 +266,7 @@ impl Relay {
         if let Err(fault) = result {
             fault.encode(&mut out.to_guest);
             ClientStats::add(&self.stats.refused, 1);
-            tracing::warn!(client = %self.stats.label, "guest protocol error: {fault}");
+            tracing::warn!("guest protocol error: {fault}");
             let e = RelayError::Guest(fault.to_string());
             self.failed = Some(e.clone());
             return Err(e);
@@ -290,7 +290,7 @@ impl Relay {
         }
         self.host_fds.extend(fds);
         if let Err(why) = self.host_input(bytes, out) {
-            tracing::warn!(client = %self.stats.label, "host compositor: {why}");
+            tracing::warn!("host compositor: {why}");
             let e = RelayError::Host(why);
             self.failed = Some(e.clone());
             return Err(e);

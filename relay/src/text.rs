@@ -3,8 +3,8 @@
 //!
 //! A title keeps its printable characters but loses control characters (C0, DEL, C1, which
 //! include line breaks), the Unicode line and paragraph separators, and the bidirectional
-//! controls (embeddings, overrides, isolates and the implicit marks), with which "[work] evil"
-//! could be drawn as "[bank] …" or push the tag out of sight. An app id keeps only what
+//! controls (embeddings, overrides, isolates and the implicit marks), with which "\[work\] evil"
+//! could be drawn as "\[bank\] …" or push the tag out of sight. An app id keeps only what
 //! xdg-shell's `set_app_id` describes (a D-Bus well-known name, reverse-DNS: ASCII letters,
 //! digits, `.`, `_` and `-`), since hosts look it up as a desktop file name.
 

@@ -583,14 +583,40 @@ vhost-user-gpu-pci withholds up to 11.1 (libvirt's <video><driver name='vhostuse
 with QEMU >= 11.1 use -device vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=16,\
 chardev=… (packaging/qemu/crossway-qemu-args), or crosvm --vhost-user gpu";
 
-/// `--print-capabilities`: the JSON libvirt reads (docs/interop/vhost-user.json, GPU type).
+/// What `--print-capabilities` reports (QEMU's docs/interop/vhost-user.json, GPU type).
+#[derive(Debug, serde::Serialize)]
+struct Capabilities {
+    /// The backend type.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// Optional features the backend supports.
+    features: &'static [&'static str],
+}
+
+/// `--print-capabilities`: the JSON libvirt reads (docs/interop/vhost-user.json, GPU type),
+/// pretty-printed and ending in a newline.
 pub fn capabilities_json() -> String {
-    "{\n  \"type\": \"gpu\",\n  \"features\": [\n    \"render-node\"\n  ]\n}\n".to_string()
+    let caps = Capabilities {
+        kind: "gpu",
+        features: &["render-node"],
+    };
+    // Serializing two string fields cannot fail.
+    let mut json = serde_json::to_string_pretty(&caps).unwrap_or_default();
+    json.push('\n');
+    json
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_json_is_what_libvirt_reads() {
+        assert_eq!(
+            capabilities_json(),
+            "{\n  \"type\": \"gpu\",\n  \"features\": [\n    \"render-node\"\n  ]\n}\n"
+        );
+    }
 
     #[test]
     fn missing_cross_domain_features_names_each_absent_bit() {

@@ -7,6 +7,7 @@
 
 use std::os::fd::OwnedFd;
 
+use crate::blob::BlobError;
 use crate::fence::FenceSignaler;
 use crate::memory::{Backing, GuestMemHandle, MemoryError};
 use crate::protocol::{
@@ -50,9 +51,31 @@ pub enum ContextError {
     /// Guest memory could not be accessed.
     #[error("guest memory")]
     Memory(#[from] MemoryError),
-    /// Anything else.
-    #[error("context failed: {0}")]
-    Other(String),
+    /// A guest blob could not be exported to the host or copied into its host memfd.
+    #[error("guest blob")]
+    Blob(#[from] BlobError),
+    /// A host system call failed; `what` names it (`eventfd`, `pipe`, the worker thread, ..).
+    #[error("{what}")]
+    Host {
+        /// The call or object that failed.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A Wayland channel was asked for, but the VM was started without a host compositor;
+    /// the reason is the one found at startup.
+    #[error("no host compositor: {0}")]
+    NoHostCompositor(String),
+    /// The host compositor's socket did not accept the channel's connection.
+    #[error("connecting to the host compositor")]
+    HostConnect(#[source] std::io::Error),
+    /// The guest writes to a Wayland channel whose host side has closed.
+    #[error("the Wayland channel has ended")]
+    ChannelEnded,
+    /// The context's own bookkeeping disagrees with itself: a bug here, not the guest's.
+    #[error("context state out of step: {0}")]
+    OutOfStep(&'static str),
 }
 
 impl ContextError {
@@ -64,7 +87,13 @@ impl ContextError {
             }
             ContextError::UnknownResource(_) => VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID,
             ContextError::OutOfMemory => VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY,
-            ContextError::Unsupported(_) | ContextError::Other(_) => VIRTIO_GPU_RESP_ERR_UNSPEC,
+            ContextError::Unsupported(_)
+            | ContextError::Blob(_)
+            | ContextError::Host { .. }
+            | ContextError::NoHostCompositor(_)
+            | ContextError::HostConnect(_)
+            | ContextError::ChannelEnded
+            | ContextError::OutOfStep(_) => VIRTIO_GPU_RESP_ERR_UNSPEC,
         }
     }
 }

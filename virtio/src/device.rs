@@ -627,7 +627,7 @@ impl GpuDevice {
                     stats: &self.stats,
                 };
                 entry.context.submit(data, &mut view).map_err(|e| {
-                    tracing::debug!(ctx, error = %e, "submit refused");
+                    tracing::debug!(ctx, error = &e as &dyn std::error::Error, "submit refused");
                     e.response()
                 })?;
                 Ok(GpuResponse::OkNoData)
@@ -1054,7 +1054,12 @@ impl GpuDevice {
             .factory
             .create(CtxId(ctx), capset, &name, self.signaler.clone())
             .map_err(|e| {
-                tracing::warn!(ctx, capset, error = %e, "context creation refused");
+                tracing::warn!(
+                    ctx,
+                    capset,
+                    error = &e as &dyn std::error::Error,
+                    "context creation refused"
+                );
                 e.response()
             })?;
         self.contexts.insert(
@@ -1181,7 +1186,10 @@ impl ContextResources for View<'_> {
             .resources
             .get_mut(&id.0)
             .ok_or(ContextError::UnknownResource(id.0))?;
-        let io = |e: io::Error| ContextError::Other(e.to_string());
+        let io = |source: io::Error| ContextError::Host {
+            what: "duplicating the exported fd",
+            source,
+        };
         if let Some(h) = &r.host {
             return Ok(ExportedFd {
                 fd: h.fd.try_clone().map_err(io)?,
@@ -1197,10 +1205,7 @@ impl ContextResources for View<'_> {
                 .backing
                 .as_ref()
                 .ok_or(ContextError::InvalidCommand("blob has no backing".into()))?;
-            let e = self
-                .exporter
-                .export(&mem, backing, r.size)
-                .map_err(|e| ContextError::Other(e.to_string()))?;
+            let e = self.exporter.export(&mem, backing, r.size)?;
             r.export = Some(e);
         }
         let e = r.export.as_ref().ok_or(ContextError::OutOfMemory)?;
@@ -1225,8 +1230,7 @@ impl ContextResources for View<'_> {
             if end > r.size {
                 return Err(ContextError::InvalidCommand("damage beyond blob".into()));
             }
-            total += copy_range(&mem, backing, m, off, len, self.stats)
-                .map_err(|e| ContextError::Other(e.to_string()))?;
+            total += copy_range(&mem, backing, m, off, len, self.stats)?;
         }
         Ok(total)
     }

@@ -8,8 +8,8 @@
 //! ```
 //!
 //! Layers, bottom up: [`protocol`] (wire structs, decoder), [`memory`] (guest ranges checked
-//! against the frontend's memfd regions), [`blob`] / [`udmabuf`] / [`memfd`] (guest blobs as
-//! host fds), [`fence`] (timelines), [`context`] (the trait a context type implements),
+//! against the frontend's memfd regions), [`blob`] / [`udmabuf`] / [`crossway_sys::memfd`]
+//! (guest blobs as host fds), [`fence`] (timelines), [`context`] (the trait a context type implements),
 //! [`device`] (the model), [`queue`] (virtqueues), [`backend`] (vhost-user).
 
 pub mod backend;

@@ -202,6 +202,9 @@ pub struct CrossDomainContext {
     state: Arc<Mutex<State>>,
     init: Option<Init>,
     worker: Option<JoinHandle<()>>,
+    /// `vm`, `ctx` and (once a Wayland channel opens) `client`: entered by every entry point
+    /// and by the worker thread, so their events need not name the context.
+    span: tracing::Span,
 }
 
 fn invalid(what: impl std::fmt::Display) -> ContextError {
@@ -225,15 +228,24 @@ impl CrossDomainContext {
         ctx: CtxId,
         fences: FenceSignaler,
     ) -> Result<CrossDomainContext, ContextError> {
-        let wake = crossway_sys::eventfd::eventfd()
-            .map_err(|e| ContextError::Other(format!("eventfd: {e}")))?;
+        let wake = crossway_sys::eventfd::eventfd().map_err(|source| ContextError::Host {
+            what: "eventfd",
+            source,
+        })?;
         let state = State::new(ctx.0, env.limits.clone(), fences, Arc::new(wake));
+        let span = tracing::info_span!(
+            "context",
+            vm = %env.stats.vm_name,
+            ctx = ctx.0,
+            client = tracing::field::Empty
+        );
         Ok(CrossDomainContext {
             ctx,
             env,
             state: Arc::new(Mutex::new(state)),
             init: None,
             worker: None,
+            span,
         })
     }
 
@@ -268,19 +280,21 @@ impl CrossDomainContext {
                 }
                 let writer = resources.guest_writer(ring)?;
                 let connector = self.env.connector.as_ref().map_err(|reason| {
-                    tracing::error!(ctx = self.ctx.0, reason = %reason, "Wayland channel refused: no host compositor");
-                    ContextError::Other(format!("no host compositor: {reason}"))
+                    tracing::error!(reason = %reason, "Wayland channel refused: no host compositor");
+                    ContextError::NoHostCompositor(reason.clone())
                 })?;
                 let stream = connector
                     .connect()
                     .and_then(|s| s.set_nonblocking(true).map(|()| s))
                     .map_err(|e| {
-                        tracing::error!(ctx = self.ctx.0, error = %e, "Wayland channel refused: cannot connect to the host compositor");
-                        ContextError::Other(format!("connecting to the host compositor: {e}"))
+                        tracing::error!(error = %e, "Wayland channel refused: cannot connect to the host compositor");
+                        ContextError::HostConnect(e)
                     })?;
+                let label = format!("ctx {}", self.ctx.0);
+                self.span.record("client", label.as_str());
                 let relay = Box::new(Relay::new(
                     self.env.config.clone(),
-                    self.env.stats.client(format!("ctx {}", self.ctx.0)),
+                    self.env.stats.client(label),
                 ));
                 {
                     let mut st = lock(&self.state);
@@ -292,19 +306,19 @@ impl CrossDomainContext {
                     });
                 }
                 let state = self.state.clone();
+                let span = self.span.clone();
                 let worker = std::thread::Builder::new()
                     .name(format!("crossway-xd-{}", self.ctx.0))
-                    .spawn(move || worker::run(state))
-                    .map_err(|e| ContextError::Other(format!("worker thread: {e}")))?;
+                    .spawn(move || span.in_scope(|| worker::run(state)))
+                    .map_err(|source| ContextError::Host {
+                        what: "spawning the channel's worker thread",
+                        source,
+                    })?;
                 self.worker = Some(worker);
-                tracing::info!(ctx = self.ctx.0, host = %connector.socket().display(), "Wayland channel connected");
+                tracing::info!(host = %connector.socket().display(), "Wayland channel connected");
             }
             other => {
-                tracing::warn!(
-                    ctx = self.ctx.0,
-                    channel_type = other,
-                    "channel type not supported"
-                );
+                tracing::warn!(channel_type = other, "channel type not supported");
                 return Err(ContextError::Unsupported("cross-domain channel type"));
             }
         }
@@ -328,7 +342,7 @@ impl CrossDomainContext {
             match st.image_cache.get(&req).copied() {
                 Some(id) => match st.items.get(&id) {
                     Some(Item::Image { layout, .. }) => (id, *layout),
-                    _ => return Err(ContextError::Other("image cache out of step".into())),
+                    _ => return Err(ContextError::OutOfStep("image cache")),
                 },
                 None => {
                     let layout = self
@@ -404,8 +418,10 @@ impl CrossDomainContext {
                         return Err(ContextError::OutOfMemory);
                     }
                     drop(st);
-                    let (r, w) =
-                        sys::pipe().map_err(|e| ContextError::Other(format!("pipe: {e}")))?;
+                    let (r, w) = sys::pipe().map_err(|source| ContextError::Host {
+                        what: "pipe",
+                        source,
+                    })?;
                     new_pipes.push((ident.id, r));
                     fds.push(GuestFd {
                         fd: w,
@@ -422,7 +438,7 @@ impl CrossDomainContext {
         let mut st = lock(&self.state);
         let closed = st.channel.as_ref().is_none_or(|c| c.host.is_none());
         if closed {
-            return Err(ContextError::Other("the Wayland channel has ended".into()));
+            return Err(ContextError::ChannelEnded);
         }
         if !new_pipes.is_empty() {
             for (id, r) in new_pipes {
@@ -434,7 +450,7 @@ impl CrossDomainContext {
         let mut out = Outgoing::default();
         let max_queue = st.limits.max_host_queue_bytes;
         let Some(ch) = st.channel.as_mut() else {
-            return Err(ContextError::Other("the Wayland channel has ended".into()));
+            return Err(ContextError::ChannelEnded);
         };
         let result = ch
             .relay
@@ -447,7 +463,6 @@ impl CrossDomainContext {
                 Ok(true) => {}
                 Ok(false) if ch.host_out.len() > max_queue => {
                     tracing::warn!(
-                        ctx = self.ctx.0,
                         limit = max_queue,
                         "cross-domain limit max_host_queue_bytes reached"
                     );
@@ -463,7 +478,7 @@ impl CrossDomainContext {
         match result {
             Ok(()) => {}
             Err(RelayError::Guest(e)) => {
-                tracing::info!(ctx = self.ctx.0, error = %e, "guest client broke the protocol");
+                tracing::info!(error = %e, "guest client broke the protocol");
                 end.get_or_insert(e);
             }
             Err(RelayError::Host(e)) => {
@@ -508,6 +523,8 @@ impl Context for CrossDomainContext {
         cmd: &[u8],
         resources: &mut dyn ContextResources,
     ) -> Result<(), ContextError> {
+        let span = self.span.clone();
+        let _entered = span.enter();
         lock(&self.state).polled = false;
         for c in Commands::new(cmd) {
             match c.map_err(invalid)? {
@@ -546,7 +563,7 @@ impl Context for CrossDomainContext {
                     data,
                 } => self.write(identifier, hang_up, data)?,
                 Command::Extension { cmd, .. } => {
-                    tracing::debug!(ctx = self.ctx.0, cmd, "cross-domain extension refused");
+                    tracing::debug!(cmd, "cross-domain extension refused");
                     return Err(ContextError::Unsupported("cross-domain commands 8 to 13"));
                 }
             }
@@ -555,6 +572,7 @@ impl Context for CrossDomainContext {
     }
 
     fn create_fence(&mut self, ring: u8, fence_id: u64) -> FenceStatus {
+        let _entered = self.span.enter();
         match ring {
             1 => lock(&self.state).channel_fence(fence_id),
             _ => FenceStatus::Signaled,
@@ -568,6 +586,8 @@ impl Context for CrossDomainContext {
         size: u64,
         blob_flags: u32,
     ) -> Result<HostBlob, ContextError> {
+        let span = self.span.clone();
+        let _entered = span.enter();
         let _ = blob_flags;
         let id = u32::try_from(blob_id).map_err(|_| invalid(format!("blob id {blob_id}")))?;
         let mut st = lock(&self.state);
@@ -582,10 +602,10 @@ impl Context for CrossDomainContext {
                 let (req, layout) = (*req, *layout);
                 drop(st);
                 let fd = self.env.allocator.allocate(&req, &layout).map_err(|e| {
-                    tracing::warn!(ctx = self.ctx.0, error = %e, "image allocation failed");
+                    tracing::warn!(error = %e, "image allocation failed");
                     ContextError::OutOfMemory
                 })?;
-                tracing::debug!(ctx = self.ctx.0, resource = resource.0, size, "image blob");
+                tracing::debug!(resource = resource.0, size, "image blob");
                 Ok(HostBlob {
                     fd,
                     size: layout.size,
@@ -606,7 +626,7 @@ impl Context for CrossDomainContext {
                     )));
                 }
                 let Some(Item::Blob { fd, size: have }) = st.items.remove(&id) else {
-                    return Err(ContextError::Other("item vanished".into()));
+                    return Err(ContextError::OutOfStep("item vanished"));
                 };
                 Ok(HostBlob {
                     fd,
@@ -623,6 +643,8 @@ impl Context for CrossDomainContext {
 
 impl Drop for CrossDomainContext {
     fn drop(&mut self) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         {
             let mut st = lock(&self.state);
             st.stop = true;
@@ -638,7 +660,7 @@ impl Drop for CrossDomainContext {
         st.closing.clear();
         st.channel = None;
         st.queue = VecDeque::new();
-        tracing::debug!(ctx = self.ctx.0, "cross-domain context dropped");
+        tracing::debug!("cross-domain context dropped");
     }
 }
 

@@ -197,7 +197,6 @@ impl State {
         if !self.limit_logged {
             self.limit_logged = true;
             tracing::warn!(
-                ctx = self.ctx,
                 limit = self.limits.max_items,
                 "cross-domain limit max_items reached"
             );
@@ -230,7 +229,7 @@ impl State {
         let mut page = [0u8; CROSS_DOMAIN_RING_SIZE];
         match msg.encode(&mut page) {
             Ok(n) => self.queue.push_back(page[..n].to_vec()),
-            Err(e) => tracing::error!(ctx = self.ctx, error = %e, "ring message not encodable"),
+            Err(e) => tracing::error!(error = %e, "ring message not encodable"),
         }
         self.pump();
     }
@@ -248,10 +247,10 @@ impl State {
         match &self.ring {
             Some(ring) => {
                 if let Err(e) = ring.write(0, &msg) {
-                    tracing::warn!(ctx = self.ctx, error = %e, "channel ring write failed");
+                    tracing::warn!(error = %e, "channel ring write failed");
                 }
             }
-            None => tracing::warn!(ctx = self.ctx, "ring message without a channel ring"),
+            None => tracing::warn!("ring message without a channel ring"),
         }
         if was_full && self.has_room() {
             crossway_sys::eventfd::wake(self.wake.as_fd());
@@ -304,9 +303,9 @@ impl State {
         let _ = host.shutdown(Shutdown::Both);
         ch.host_out = FdQueue::default();
         if failed {
-            tracing::warn!(ctx = self.ctx, reason = why, "cross-domain channel ended");
+            tracing::warn!(reason = why, "cross-domain channel ended");
         } else {
-            tracing::info!(ctx = self.ctx, reason = why, "cross-domain channel ended");
+            tracing::info!(reason = why, "cross-domain channel ended");
         }
         self.push_ring(&RingMessage::Receive {
             identifiers: Identifiers::new(),

@@ -1,5 +1,6 @@
 //! The loopback VM's Unix-socket server: guest programs in other processes reach the loopback
-//! device through it, one connection per open device file (protocol in [`super::wire`]).
+//! device through it, one connection per open device file (protocol in
+//! [`crossway_loopback::wire`]).
 //!
 //! ```text
 //!  guest program ──LoopbackClient──▶ socket ──▶ LoopbackServer: one thread and one LoopbackFile
