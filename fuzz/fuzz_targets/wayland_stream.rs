@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         0 => DEFAULT_MAX_OBJECTS,
         n => usize::from(n) + 1,
     };
-    let mut map = ObjectMap::new(max_objects);
+    let mut map: ObjectMap = ObjectMap::new(max_objects);
     let mut index = 0usize;
     // Stops at a framing error or an incomplete last message.
     while let Ok(Some(msg)) = wire::next_message(stream) {

@@ -11,6 +11,7 @@
 use std::os::fd::AsFd;
 
 use crossway_protocols::dmabuf::{FormatModifier, PreferenceList};
+use crossway_protocols::format::fourcc_bytes_per_pixel;
 use drm_fourcc::{DrmFourcc, DrmModifier};
 use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::allocator::{Buffer as _, Format, Fourcc, Modifier};
@@ -228,18 +229,6 @@ pub struct DmabufImport {
     stride: u32,
 }
 
-/// Bytes per pixel of the formats the compositor draws; `None` for others.
-fn bytes_per_pixel(format: Fourcc) -> Option<u32> {
-    use Fourcc::*;
-    match format {
-        Argb8888 | Xrgb8888 | Abgr8888 | Xbgr8888 | Rgba8888 | Rgbx8888 | Bgra8888 | Bgrx8888 => {
-            Some(4)
-        }
-        Rgb565 => Some(2),
-        _ => None,
-    }
-}
-
 /// Validates `dmabuf` against the advertised pairs and maps its plane.
 pub fn import_dmabuf(
     dmabuf: &Dmabuf,
@@ -253,8 +242,8 @@ pub fn import_dmabuf(
             format.code
         )));
     }
-    let bpp =
-        bytes_per_pixel(format.code).ok_or_else(|| ImportError::Format(format.code.to_string()))?;
+    let bpp = fourcc_bytes_per_pixel(format.code)
+        .ok_or_else(|| ImportError::Format(format.code.to_string()))?;
     if modifier != u64::from(DrmModifier::Linear) {
         return Err(ImportError::NotLinear(modifier));
     }
@@ -340,7 +329,7 @@ impl DmabufImport {
         scale: i32,
         transform: Transform,
     ) -> Result<MemoryRenderBuffer, ImportError> {
-        let bpp = bytes_per_pixel(self.format)
+        let bpp = fourcc_bytes_per_pixel(self.format)
             .ok_or_else(|| ImportError::Format(self.format.to_string()))?;
         let row = (self.width * bpp) as usize;
         let mut pixels = vec![0u8; row * self.height as usize];

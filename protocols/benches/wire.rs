@@ -83,7 +83,7 @@ fn setup() -> (ObjectMap, Vec<u8>, Vec<u8>) {
     bind(&mut setup, 4, c"wl_seat", 9, 11);
     push(&mut setup, 11, 0, &[Arg::NewId(id(12))]); // get_pointer
 
-    let mut map = ObjectMap::default();
+    let mut map: ObjectMap = ObjectMap::default();
     let mut rest = &setup[..];
     while let Some(msg) = next_message(rest).unwrap() {
         map.process_request(table, &msg, 1).unwrap();

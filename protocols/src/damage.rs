@@ -735,7 +735,7 @@ pub struct BufferLayout {
     pub height: i32,
     /// Bytes from one row to the next.
     pub stride: i32,
-    /// Bytes per pixel, from [`shm_bytes_per_pixel`].
+    /// Bytes per pixel, from [`crate::format::bytes_per_pixel`].
     pub bytes_per_pixel: u32,
 }
 
@@ -825,40 +825,6 @@ pub fn copy_ranges(
         }
     }
     Ok(ranges)
-}
-
-/// DRM fourcc code of four ASCII characters (drm_fourcc.h's `fourcc_code`).
-const fn fourcc(code: &[u8; 4]) -> u32 {
-    u32::from_le_bytes(*code)
-}
-
-/// Bytes per pixel of a `wl_shm.format`: 0 (`argb8888`) and 1 (`xrgb8888`), and the DRM fourcc
-/// codes of the single-plane RGB formats of 8, 16, 24, 32 and 64 bits; `None` for YUV, formats
-/// with sub-byte pixels or several planes, and unknown codes (the relay falls back to copying
-/// the whole buffer).
-pub fn shm_bytes_per_pixel(format: u32) -> Option<u32> {
-    const ONE: &[&[u8; 4]] = &[b"C8  ", b"R8  ", b"RGB8", b"BGR8"];
-    const TWO: &[&[u8; 4]] = &[
-        b"R16 ", b"RG88", b"GR88", b"XR12", b"XB12", b"RX12", b"BX12", b"AR12", b"AB12", b"RA12",
-        b"BA12", b"XR15", b"XB15", b"RX15", b"BX15", b"AR15", b"AB15", b"RA15", b"BA15", b"RG16",
-        b"BG16",
-    ];
-    const THREE: &[&[u8; 4]] = &[b"RG24", b"BG24"];
-    const FOUR: &[&[u8; 4]] = &[
-        b"RG32", b"GR32", b"XR24", b"XB24", b"RX24", b"BX24", b"AR24", b"AB24", b"RA24", b"BA24",
-        b"XR30", b"XB30", b"RX30", b"BX30", b"AR30", b"AB30", b"RA30", b"BA30",
-    ];
-    const EIGHT: &[&[u8; 4]] = &[
-        b"XR4H", b"XB4H", b"AR4H", b"AB4H", b"XR48", b"XB48", b"AR48", b"AB48",
-    ];
-    if format <= 1 {
-        return Some(4);
-    }
-    let tables: [(&[&[u8; 4]], u32); 5] = [(ONE, 1), (TWO, 2), (THREE, 3), (FOUR, 4), (EIGHT, 8)];
-    tables
-        .iter()
-        .find(|(codes, _)| codes.iter().any(|c| fourcc(c) == format))
-        .map(|&(_, bpp)| bpp)
 }
 
 #[cfg(test)]
@@ -1447,22 +1413,6 @@ mod tests {
         };
         let r = Region::from_rect(Rect::new(1, 1, 2, 1));
         assert_eq!(copy_ranges(&l, &r, 32).unwrap(), vec![19..25]);
-    }
-
-    #[test]
-    fn shm_bytes_per_pixel_known_and_unknown_formats() {
-        assert_eq!(shm_bytes_per_pixel(0), Some(4));
-        assert_eq!(shm_bytes_per_pixel(1), Some(4));
-        assert_eq!(shm_bytes_per_pixel(fourcc(b"RG16")), Some(2));
-        assert_eq!(shm_bytes_per_pixel(fourcc(b"BG24")), Some(3));
-        assert_eq!(shm_bytes_per_pixel(fourcc(b"AB30")), Some(4));
-        assert_eq!(shm_bytes_per_pixel(fourcc(b"AB4H")), Some(8));
-        assert_eq!(shm_bytes_per_pixel(fourcc(b"R8  ")), Some(1));
-        assert_eq!(shm_bytes_per_pixel(fourcc(b"NV12")), None);
-        assert_eq!(shm_bytes_per_pixel(fourcc(b"YUYV")), None);
-        assert_eq!(shm_bytes_per_pixel(2), None);
-        // drm_fourcc.h: DRM_FORMAT_XRGB8888 = 0x34325258.
-        assert_eq!(fourcc(b"XR24"), 0x3432_5258);
     }
 
     fn setup_strategy() -> impl Strategy<Value = Setup> {

@@ -11,7 +11,12 @@
 //!
 //! - [`wire`]: Wayland message framing and argument codec, decoding in place.
 //! - [`tables`]: every interface the `wayland-protocols*` crates describe, by name.
-//! - [`objects`]: a connection's object map (ids, interfaces, versions, lifetimes).
+//! - [`objects`]: a connection's object map (ids, interfaces, versions, lifetimes, and the data
+//!   a relay keeps per object).
+//! - [`stream`]: one direction of a connection: partial messages, fds waiting for their
+//!   message, limits, and framing each whole message for the relay's handler.
+//! - [`opcodes`]: the opcodes the relays dispatch on; [`codes`]: the error codes they send.
+//! - [`format`]: bytes per pixel of the formats a relay copies.
 //! - [`cross_domain`]: the virtio-gpu cross-domain context's structs and command decoder.
 //! - [`dmabuf`]: linux-dmabuf format tables, tranches and preference lists.
 //! - [`damage`]: which bytes of a buffer changed (surface and buffer damage through viewport,
@@ -22,10 +27,14 @@
 #![forbid(unsafe_code)]
 
 pub mod capset;
+pub mod codes;
 pub mod cross_domain;
 pub mod damage;
 pub mod dmabuf;
+pub mod format;
 pub mod objects;
+pub mod opcodes;
+pub mod stream;
 pub mod tables;
 pub mod virtgpu;
 pub mod wire;

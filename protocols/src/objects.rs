@@ -15,6 +15,7 @@
 //! work for a relay: find the sender, pick the signature, decode, check object arguments, create
 //! and destroy objects.
 
+use crate::opcodes::DISPLAY_DELETE_ID;
 use crate::tables::{
     Direction, Interface, MessageDesc, ProtocolTable, TableError, message_desc, same_interface,
 };
@@ -33,9 +34,6 @@ pub const DEFAULT_MAX_OBJECTS: usize = 65_536;
 /// otherwise grow the map without bound. With this cap a map holds at most
 /// `2 × (ID_SPACE_PER_OBJECT × max_objects + 2)` slots of [`ObjectMap::SLOT_BYTES`] each.
 pub const ID_SPACE_PER_OBJECT: usize = 4;
-
-/// `wl_display.delete_id` event opcode.
-const DISPLAY_DELETE_ID: u16 = 1;
 
 /// Which peer allocated an id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,10 +71,11 @@ pub struct Object {
     pub version: u32,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Slot {
+/// An id's state; a live object carries the relay's data for it, which dies with it.
+#[derive(Debug, Clone)]
+enum Slot<D> {
     Free,
-    Alive(Object),
+    Alive(Object, D),
     /// Destroyed, id not yet released by `delete_id`.
     Zombie(Object),
 }
@@ -174,7 +173,7 @@ pub enum ObjectError {
 
 /// A message matched to its object and decoded.
 #[derive(Debug, Clone)]
-pub struct Processed<'a> {
+pub struct Processed<'a, D = ()> {
     /// The sender's (request) or emitter's (event) interface.
     pub interface: &'static Interface,
     /// Its version.
@@ -189,33 +188,41 @@ pub struct Processed<'a> {
     pub destroyed: bool,
     /// An event for an object the client already destroyed: framed, but not to be delivered.
     pub to_zombie: bool,
+    /// The sender's data, when this message destroyed it (for the relay's clean-up).
+    pub released: Option<D>,
 }
 
-/// The objects of one connection.
+/// The objects of one connection, each with data `D` of the relay's (like wayland-backend's
+/// `Object<Data>`): it is created with the object (`D::default()`) and dropped when the object
+/// is destroyed, so nothing a relay knows of an id can outlive its object and meet the next one.
+/// Slots are vectors indexed by id (ids are dense), so lookups allocate nothing.
 #[derive(Debug, Clone)]
-pub struct ObjectMap {
-    client: Vec<Slot>,
-    server: Vec<Slot>,
+pub struct ObjectMap<D = ()> {
+    client: Vec<Slot<D>>,
+    server: Vec<Slot<D>>,
     live: usize,
     max_objects: usize,
 }
 
-impl Default for ObjectMap {
+impl<D: Default> Default for ObjectMap<D> {
     fn default() -> Self {
         ObjectMap::new(DEFAULT_MAX_OBJECTS)
     }
 }
 
-impl ObjectMap {
+impl<D: Default> ObjectMap<D> {
     /// A map holding only `wl_display` (id 1), allowing at most `max_objects` live objects.
-    pub fn new(max_objects: usize) -> ObjectMap {
+    pub fn new(max_objects: usize) -> ObjectMap<D> {
         let display = ProtocolTable::builtin()
             .get("wl_display")
             .map(|interface| {
-                Slot::Alive(Object {
-                    interface,
-                    version: 1,
-                })
+                Slot::Alive(
+                    Object {
+                        interface,
+                        version: 1,
+                    },
+                    D::default(),
+                )
             })
             .unwrap_or(Slot::Free);
         // Index 0 stands for the null id and is never used.
@@ -228,7 +235,7 @@ impl ObjectMap {
     }
 
     /// Bytes one id of the map takes.
-    pub const SLOT_BYTES: usize = std::mem::size_of::<Slot>();
+    pub const SLOT_BYTES: usize = std::mem::size_of::<Slot<D>>();
 
     /// Number of live objects.
     pub fn live(&self) -> usize {
@@ -248,19 +255,53 @@ impl ObjectMap {
         self.client.len() + self.server.len()
     }
 
-    fn slot(&self, id: ObjectId) -> Option<&Slot> {
+    fn slot(&self, id: ObjectId) -> Option<&Slot<D>> {
         let (slots, index) = self.index(id);
         slots.get(index)
     }
 
-    fn index(&self, id: ObjectId) -> (&Vec<Slot>, usize) {
+    fn index(&self, id: ObjectId) -> (&Vec<Slot<D>>, usize) {
         match Side::of(id) {
             Side::Client => (&self.client, id.get() as usize),
             Side::Server => (&self.server, (id.get() - SERVER_ID_START) as usize),
         }
     }
 
-    fn slots_mut(&mut self, side: Side) -> &mut Vec<Slot> {
+    fn slot_mut(&mut self, id: ObjectId) -> Option<&mut Slot<D>> {
+        match Side::of(id) {
+            Side::Client => self.client.get_mut(id.get() as usize),
+            Side::Server => self.server.get_mut((id.get() - SERVER_ID_START) as usize),
+        }
+    }
+
+    /// The data of the live object `id`.
+    pub fn data(&self, id: ObjectId) -> Option<&D> {
+        match self.slot(id) {
+            Some(Slot::Alive(_, data)) => Some(data),
+            _ => None,
+        }
+    }
+
+    /// The data of the live object `id`, to change.
+    pub fn data_mut(&mut self, id: ObjectId) -> Option<&mut D> {
+        match self.slot_mut(id) {
+            Some(Slot::Alive(_, data)) => Some(data),
+            _ => None,
+        }
+    }
+
+    /// The live objects' ids and data.
+    pub fn iter_data(&self) -> impl Iterator<Item = (ObjectId, &D)> {
+        let client = self.client.iter().enumerate().map(|(i, s)| (i as u32, s));
+        let server = (self.server.iter().enumerate())
+            .map(|(i, s)| ((i as u32).wrapping_add(SERVER_ID_START), s));
+        client.chain(server).filter_map(|(raw, slot)| match slot {
+            Slot::Alive(_, data) => Some((ObjectId::new(raw)?, data)),
+            _ => None,
+        })
+    }
+
+    fn slots_mut(&mut self, side: Side) -> &mut Vec<Slot<D>> {
         match side {
             Side::Client => &mut self.client,
             Side::Server => &mut self.server,
@@ -270,7 +311,7 @@ impl ObjectMap {
     /// The live object with this id.
     pub fn get(&self, id: ObjectId) -> Result<Object, ObjectError> {
         match self.slot(id) {
-            Some(Slot::Alive(o)) => Ok(*o),
+            Some(Slot::Alive(o, _)) => Ok(*o),
             Some(Slot::Zombie(_)) => Err(ObjectError::DestroyedObject(id)),
             _ => Err(ObjectError::UnknownObject(id)),
         }
@@ -296,7 +337,7 @@ impl ObjectMap {
         };
         let max_ids = self.max_ids();
         let slots = self.slots_mut(side);
-        let object = Slot::Alive(Object { interface, version });
+        let object = Slot::Alive(Object { interface, version }, D::default());
         let len = slots.len();
         match slots.get_mut(index) {
             Some(slot @ Slot::Free) => *slot = object,
@@ -323,17 +364,23 @@ impl ObjectMap {
         Ok(())
     }
 
-    /// Destroys a live object: a client id waits for `delete_id`, a server id is freed.
-    pub fn destroy(&mut self, id: ObjectId) -> Result<(), ObjectError> {
+    /// Destroys a live object: a client id waits for `delete_id`, a server id is freed. Returns
+    /// its data, which leaves the map either way.
+    pub fn destroy(&mut self, id: ObjectId) -> Result<D, ObjectError> {
         let object = self.get(id)?;
         let side = Side::of(id);
         let (_, index) = self.index(id);
-        self.slots_mut(side)[index] = match side {
+        let next = match side {
             Side::Client => Slot::Zombie(object),
             Side::Server => Slot::Free,
         };
+        let old = std::mem::replace(&mut self.slots_mut(side)[index], next);
         self.live -= 1;
-        Ok(())
+        match old {
+            Slot::Alive(_, data) => Ok(data),
+            // `get` found it alive.
+            _ => Err(ObjectError::UnknownObject(id)),
+        }
     }
 
     /// Releases a destroyed client id (`wl_display.delete_id`).
@@ -358,7 +405,7 @@ impl ObjectMap {
         table: &ProtocolTable,
         msg: &Message<'a>,
         fds_available: usize,
-    ) -> Result<Processed<'a>, ObjectError> {
+    ) -> Result<Processed<'a, D>, ObjectError> {
         let id = msg.header.object;
         let sender = self.get(id)?;
         let desc = message_desc(
@@ -370,9 +417,10 @@ impl ObjectMap {
         let args = self.decode(sender, desc, msg, fds_available)?;
         self.check_object_args(desc, &args, false)?;
         let created = self.create_child(table, sender, desc, &args, Side::Client)?;
-        if desc.is_destructor {
-            self.destroy(id)?;
-        }
+        let released = match desc.is_destructor {
+            true => Some(self.destroy(id)?),
+            false => None,
+        };
         Ok(Processed {
             interface: sender.interface,
             version: sender.version,
@@ -381,6 +429,7 @@ impl ObjectMap {
             created,
             destroyed: desc.is_destructor,
             to_zombie: false,
+            released,
         })
     }
 
@@ -392,10 +441,10 @@ impl ObjectMap {
         table: &ProtocolTable,
         msg: &Message<'a>,
         fds_available: usize,
-    ) -> Result<Processed<'a>, ObjectError> {
+    ) -> Result<Processed<'a, D>, ObjectError> {
         let id = msg.header.object;
         let (sender, to_zombie) = match self.slot(id) {
-            Some(Slot::Alive(o)) => (*o, false),
+            Some(Slot::Alive(o, _)) => (*o, false),
             Some(Slot::Zombie(o)) => (*o, true),
             _ => return Err(ObjectError::UnknownObject(id)),
         };
@@ -409,9 +458,10 @@ impl ObjectMap {
         self.check_object_args(desc, &args, true)?;
         let created = self.create_child(table, sender, desc, &args, Side::Server)?;
         let destroyed = desc.is_destructor && !to_zombie;
-        if destroyed {
-            self.destroy(id)?;
-        }
+        let released = match destroyed {
+            true => Some(self.destroy(id)?),
+            false => None,
+        };
         if id == ObjectId::DISPLAY
             && msg.header.opcode == DISPLAY_DELETE_ID
             && let Some(Arg::Uint(deleted)) = args.as_slice().first()
@@ -426,6 +476,7 @@ impl ObjectMap {
             created,
             destroyed,
             to_zombie,
+            released,
         })
     }
 
@@ -456,7 +507,7 @@ impl ObjectMap {
             let want = expected.next();
             let Some(id) = *maybe else { continue };
             let found = match self.slot(id) {
-                Some(Slot::Alive(o)) => o,
+                Some(Slot::Alive(o, _)) => o,
                 // The server may still name an object the client just destroyed; the client
                 // library reads it as null.
                 Some(Slot::Zombie(o)) if from_server => o,
@@ -536,18 +587,28 @@ mod tests {
         out
     }
 
-    fn request(map: &mut ObjectMap, bytes: &[u8]) -> Result<Processed<'static>, ObjectError> {
+    fn request<D: Default>(
+        map: &mut ObjectMap<D>,
+        bytes: &[u8],
+    ) -> Result<Processed<'static, D>, ObjectError> {
         let bytes: &'static [u8] = Vec::leak(bytes.to_vec());
         map.process_request(ProtocolTable::builtin(), &Message::parse(bytes).unwrap(), 0)
     }
 
-    fn event(map: &mut ObjectMap, bytes: &[u8]) -> Result<Processed<'static>, ObjectError> {
+    fn event<D: Default>(
+        map: &mut ObjectMap<D>,
+        bytes: &[u8],
+    ) -> Result<Processed<'static, D>, ObjectError> {
         let bytes: &'static [u8] = Vec::leak(bytes.to_vec());
         map.process_event(ProtocolTable::builtin(), &Message::parse(bytes).unwrap(), 0)
     }
 
-    /// get_registry(2), bind(name 1, wl_compositor v4) as 3, create_surface as 4.
     fn with_surface() -> ObjectMap {
+        with_surface_in()
+    }
+
+    /// get_registry(2), bind(name 1, wl_compositor v4) as 3, create_surface as 4.
+    fn with_surface_in<D: Default>() -> ObjectMap<D> {
         let mut map = ObjectMap::default();
         request(&mut map, &msg(1, 1, &[Arg::NewId(id(2))])).unwrap();
         let name = c"wl_compositor";
@@ -723,7 +784,7 @@ mod tests {
 
     #[test]
     fn server_created_object_is_freed_on_destroy() {
-        let mut map = ObjectMap::default();
+        let mut map: ObjectMap = ObjectMap::default();
         let iface = ProtocolTable::builtin().get("wl_data_offer").unwrap();
         map.insert(id(SERVER_ID_START), Side::Server, iface, 3)
             .unwrap();
@@ -733,8 +794,37 @@ mod tests {
     }
 
     #[test]
+    fn data_lives_and_dies_with_its_object() {
+        let mut map: ObjectMap<u32> = ObjectMap::default();
+        request(&mut map, &msg(1, 1, &[Arg::NewId(id(2))])).unwrap();
+        *map.data_mut(id(2)).unwrap() = 7;
+        assert_eq!(map.data(id(2)), Some(&7));
+        let iface = ProtocolTable::builtin().get("wl_data_offer").unwrap();
+        let server = id(SERVER_ID_START);
+        map.insert(server, Side::Server, iface, 3).unwrap();
+        *map.data_mut(server).unwrap() = 9;
+        assert_eq!(map.destroy(server), Ok(9));
+        assert_eq!(map.data(server), None);
+        // A new object on the same id starts from the default, not from what was there.
+        map.insert(server, Side::Server, iface, 3).unwrap();
+        assert_eq!(map.data(server), Some(&0));
+        let ids: Vec<u32> = map.iter_data().map(|(i, _)| i.get()).collect();
+        assert_eq!(ids, [1, 2, SERVER_ID_START]);
+    }
+
+    #[test]
+    fn destructor_request_hands_back_the_data() {
+        let mut map: ObjectMap<u32> = with_surface_in();
+        *map.data_mut(id(4)).unwrap() = 5;
+        // wl_surface.destroy
+        let p = request(&mut map, &msg(4, 0, &[])).unwrap();
+        assert_eq!(p.released, Some(5));
+        assert_eq!(map.data(id(4)), None);
+    }
+
+    #[test]
     fn limit_on_live_objects_is_enforced() {
-        let mut map = ObjectMap::new(3);
+        let mut map: ObjectMap = ObjectMap::new(3);
         request(&mut map, &msg(1, 1, &[Arg::NewId(id(2))])).unwrap();
         request(&mut map, &msg(1, 0, &[Arg::NewId(id(3))])).unwrap();
         let err = request(&mut map, &msg(1, 0, &[Arg::NewId(id(4))])).unwrap_err();
@@ -744,7 +834,7 @@ mod tests {
     #[test]
     fn ids_never_reused_stop_at_the_id_space_cap() {
         // One live object allowed besides wl_display: ids up to 4 × 2 + 2 = 10.
-        let mut map = ObjectMap::new(2);
+        let mut map: ObjectMap = ObjectMap::new(2);
         let max = map.max_ids();
         assert_eq!(max, 10);
         let mut next = 2;
@@ -771,5 +861,5 @@ mod tests {
     }
 
     // The README's limits table counts 24 bytes per id.
-    const _: () = assert!(ObjectMap::SLOT_BYTES <= 24);
+    const _: () = assert!(ObjectMap::<()>::SLOT_BYTES <= 24);
 }

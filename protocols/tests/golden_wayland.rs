@@ -277,7 +277,7 @@ fn hand_written_client_stream_builds_object_map() {
         &[0x04, 0, 0, 0, 0x03, 0x00, 0x0c, 0x00, 0x05, 0, 0, 0],
     ]
     .concat();
-    let mut map = ObjectMap::default();
+    let mut map: ObjectMap = ObjectMap::default();
     let table = ProtocolTable::builtin();
     let mut rest = &stream[..];
     let mut names = vec![];

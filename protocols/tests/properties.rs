@@ -243,7 +243,7 @@ proptest! {
         stream in proptest::collection::vec(any::<u8>(), 0..512),
         as_events in any::<bool>(),
     ) {
-        let mut map = ObjectMap::new(64);
+        let mut map: ObjectMap = ObjectMap::new(64);
         let table = ProtocolTable::builtin();
         let mut rest = &stream[..];
         while let Ok(Some(msg)) = wire::next_message(rest) {

@@ -171,31 +171,7 @@ pub struct Buffers {
 /// Bytes per pixel of single-plane formats the relay knows (wl_shm's codes 0 and 1 are
 /// ARGB8888 and XRGB8888; every other code is the DRM fourcc).
 pub fn bytes_per_pixel(format: u32) -> Option<u64> {
-    use DrmFourcc as F;
-    let f = match format {
-        0 => F::Argb8888,
-        1 => F::Xrgb8888,
-        f => F::try_from(f).ok()?,
-    };
-    Some(match f {
-        F::Argb8888
-        | F::Xrgb8888
-        | F::Abgr8888
-        | F::Xbgr8888
-        | F::Rgba8888
-        | F::Rgbx8888
-        | F::Bgra8888
-        | F::Bgrx8888
-        | F::Argb2101010
-        | F::Xrgb2101010
-        | F::Abgr2101010
-        | F::Xbgr2101010 => 4,
-        F::Rgb888 | F::Bgr888 => 3,
-        F::Rgb565 | F::Bgr565 | F::Argb1555 | F::Xrgb1555 | F::Rg88 | F::Gr88 | F::R16 => 2,
-        F::R8 | F::C8 => 1,
-        F::Abgr16161616f | F::Xbgr16161616f | F::Argb16161616f | F::Xrgb16161616f => 8,
-        _ => return None,
-    })
+    crossway_protocols::format::bytes_per_pixel(format).map(u64::from)
 }
 
 /// Rows of `plane` for an image `height` rows tall: half for the chroma planes of 4:2:0

@@ -20,7 +20,7 @@ use crossway_protocols::damage::{
 use crossway_protocols::wire::{Arg, ObjectId};
 
 use super::IdMap;
-use super::engine::op;
+use crossway_protocols::opcodes as op;
 
 #[derive(Debug, Default)]
 struct Surface {

@@ -1,54 +1,24 @@
-//! The per-message work of [`Relay`]: framing and reassembly, parsing with the object map, the
-//! interface-specific checks and rewrites, forwarding with fds tagged by message offset.
+//! The per-message work of [`Relay`]: each whole message framed by its
+//! [`MessageStream`](crossway_protocols::stream::MessageStream) is parsed with the object map,
+//! checked and rewritten for its interface, and forwarded with its fds tagged by message offset.
 //!
 //! Unchanged messages are copied as received; only rewritten ones (tagged titles and app ids,
 //! capped global versions) are encoded again. Nothing is allocated per message on the frame
 //! loop: scratch buffers live in the relay.
 
 use std::ffi::CStr;
+use std::os::fd::OwnedFd;
 
-use arrayvec::ArrayVec;
+use crossway_protocols::codes::UnexpectedArgs;
+use crossway_protocols::opcodes as op;
+use crossway_protocols::stream::{FdQueue, StreamError};
 use crossway_protocols::tables::ProtocolTable;
-use crossway_protocols::wire::{self, Arg, MAX_ARGS, Message, ObjectId};
+use crossway_protocols::wire::{self, Arg, Message, ObjectId};
 
 use super::fault::{Fault, display};
 use super::policy::Tagging;
 use super::text;
 use super::{ClientStats, GuestFd, Outgoing, Relay, SyncBuffers};
-
-/// Opcodes the relay acts on, by interface (checked against the tables by a test).
-pub(super) mod op {
-    pub const DISPLAY_ERROR: u16 = 0;
-    pub const REGISTRY_BIND: u16 = 0;
-    pub const REGISTRY_GLOBAL: u16 = 0;
-    pub const REGISTRY_GLOBAL_REMOVE: u16 = 1;
-    pub const SHM_CREATE_POOL: u16 = 0;
-    pub const POOL_CREATE_BUFFER: u16 = 0;
-    pub const POOL_DESTROY: u16 = 1;
-    pub const POOL_RESIZE: u16 = 2;
-    pub const BUFFER_DESTROY: u16 = 0;
-    pub const SURFACE_DESTROY: u16 = 0;
-    pub const SURFACE_ATTACH: u16 = 1;
-    pub const SURFACE_DAMAGE: u16 = 2;
-    pub const SURFACE_COMMIT: u16 = 6;
-    pub const SURFACE_SET_BUFFER_TRANSFORM: u16 = 7;
-    pub const SURFACE_SET_BUFFER_SCALE: u16 = 8;
-    pub const SURFACE_DAMAGE_BUFFER: u16 = 9;
-    pub const VIEWPORTER_GET_VIEWPORT: u16 = 1;
-    pub const VIEWPORT_DESTROY: u16 = 0;
-    pub const VIEWPORT_SET_SOURCE: u16 = 1;
-    pub const VIEWPORT_SET_DESTINATION: u16 = 2;
-    pub const DMABUF_CREATE_PARAMS: u16 = 1;
-    pub const PARAMS_DESTROY: u16 = 0;
-    pub const PARAMS_ADD: u16 = 1;
-    pub const PARAMS_CREATE: u16 = 2;
-    pub const PARAMS_CREATE_IMMED: u16 = 3;
-    pub const PARAMS_CREATED: u16 = 0;
-    pub const OUTPUT_GEOMETRY: u16 = 0;
-    pub const XDG_SURFACE_GET_TOPLEVEL: u16 = 1;
-    pub const TOPLEVEL_SET_TITLE: u16 = 2;
-    pub const TOPLEVEL_SET_APP_ID: u16 = 3;
-}
 
 /// The VM's prefixes, rendered once per client.
 #[derive(Debug)]
@@ -121,11 +91,9 @@ struct Counts {
     copied: u64,
 }
 
-fn shape(interface: &str, message: &str) -> Fault {
-    Fault::display(
-        display::IMPLEMENTATION,
-        format!("{interface}.{message}: arguments not as the relay expects"),
-    )
+fn shape(interface: &'static str, message: &'static str) -> Fault {
+    let e = UnexpectedArgs { interface, message };
+    Fault::display(UnexpectedArgs::CODE, e.to_string())
 }
 
 fn is_tracked(interface: &str) -> bool {
@@ -144,60 +112,31 @@ impl Relay {
     ) -> Result<(), Fault> {
         let start = out.to_host.len();
         let mut counts = Counts::default();
-        let mut pending = std::mem::take(&mut self.guest_pending);
-        let result = reassemble(&mut pending, bytes, |data| {
-            self.guest_messages(data, sync, out, &mut counts)
+        // Out of `self` while it runs, so the handler may borrow the rest of the relay.
+        let mut stream = std::mem::take(&mut self.guest);
+        let result = stream.for_each(bytes, |raw, msg, fds| {
+            self.guest_message(raw, msg, fds, sync, out, &mut counts)
         });
-        self.guest_pending = pending;
+        self.guest = stream;
         let s = &self.stats;
         ClientStats::add(&s.messages_to_host, counts.messages);
         ClientStats::add(&s.bytes_to_host, (out.to_host.len() - start) as u64);
         ClientStats::add(&s.frames, counts.frames);
         ClientStats::add(&s.bytes_copied, counts.copied);
-        result?;
-        let limit = self.config.limits.max_pending_fds;
-        if self.guest_fds.len() > limit {
-            return Err(Fault::display(
-                display::NO_MEMORY,
-                format!(
-                    "{} fds not matched to any message, over the limit max_pending_fds = {limit}",
-                    self.guest_fds.len()
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Relays every complete message of `data`; returns the bytes used.
-    fn guest_messages(
-        &mut self,
-        data: &[u8],
-        sync: &mut dyn SyncBuffers,
-        out: &mut Outgoing,
-        counts: &mut Counts,
-    ) -> Result<usize, Fault> {
-        let mut pos = 0;
-        while let Some(msg) = wire::next_message(&data[pos..]).map_err(|e| Fault::from_wire(&e))? {
-            let len = msg.len();
-            self.guest_message(&data[pos..pos + len], &msg, sync, out, counts)?;
-            pos += len;
-        }
-        let max = self.config.limits.max_pending_bytes;
-        if let Some(size) = partial_over(&data[pos..], max) {
-            return Err(Fault::display(
-                display::NO_MEMORY,
-                format!(
-                    "partial message of {size} bytes, over the limit max_pending_bytes = {max}"
-                ),
-            ));
-        }
-        Ok(pos)
+        result.map_err(|e| match e {
+            StreamError::Handler(fault) => fault,
+            StreamError::Framing(e) => Fault::from_wire(&e),
+            e @ (StreamError::PartialTooLarge { .. } | StreamError::TooManyFds { .. }) => {
+                Fault::display(display::NO_MEMORY, e.to_string())
+            }
+        })
     }
 
     fn guest_message(
         &mut self,
         raw: &[u8],
         msg: &Message<'_>,
+        queue: &mut FdQueue<GuestFd>,
         sync: &mut dyn SyncBuffers,
         out: &mut Outgoing,
         counts: &mut Counts,
@@ -206,15 +145,10 @@ impl Relay {
         let opcode = msg.header.opcode;
         let p = self
             .map
-            .process_request(ProtocolTable::builtin(), msg, self.guest_fds.len())
+            .process_request(ProtocolTable::builtin(), msg, queue.len())
             .map_err(|e| Fault::from_object(sender, &e))?;
-        let mut fds = ArrayVec::<GuestFd, MAX_ARGS>::new();
-        for _ in 0..p.args.fd_count() {
-            // The decoder checked that the queue holds this many.
-            if let Some(fd) = self.guest_fds.pop_front() {
-                fds.push(fd);
-            }
-        }
+        // The decoder checked that the queue holds this many.
+        let fds = queue.take(p.args.fd_count());
         if let Some((id, interface)) = p.created
             && is_tracked(interface.name)
         {
@@ -404,52 +338,27 @@ impl Relay {
     pub(super) fn host_input(&mut self, bytes: &[u8], out: &mut Outgoing) -> Result<(), String> {
         let start = out.to_guest.len();
         let mut messages = 0;
-        let mut pending = std::mem::take(&mut self.host_pending);
-        let result = reassemble(&mut pending, bytes, |data| {
-            self.host_messages(data, out, &mut messages)
+        let mut stream = std::mem::take(&mut self.host);
+        let result = stream.for_each(bytes, |raw, msg, fds| {
+            self.host_message(raw, msg, fds, out, &mut messages)
         });
-        self.host_pending = pending;
+        self.host = stream;
         ClientStats::add(&self.stats.messages_to_guest, messages);
         ClientStats::add(
             &self.stats.bytes_to_guest,
             (out.to_guest.len() - start) as u64,
         );
-        result?;
-        let limit = self.config.limits.max_pending_fds;
-        if self.host_fds.len() > limit {
-            return Err(format!(
-                "{} fds not matched to any event, over the limit max_pending_fds = {limit}",
-                self.host_fds.len()
-            ));
-        }
-        Ok(())
-    }
-
-    fn host_messages(
-        &mut self,
-        data: &[u8],
-        out: &mut Outgoing,
-        messages: &mut u64,
-    ) -> Result<usize, String> {
-        let mut pos = 0;
-        while let Some(msg) = wire::next_message(&data[pos..]).map_err(|e| e.to_string())? {
-            let len = msg.len();
-            self.host_message(&data[pos..pos + len], &msg, out, messages)?;
-            pos += len;
-        }
-        let max = self.config.limits.max_pending_bytes;
-        if let Some(size) = partial_over(&data[pos..], max) {
-            return Err(format!(
-                "partial event of {size} bytes, over the limit max_pending_bytes = {max}"
-            ));
-        }
-        Ok(pos)
+        result.map_err(|e| match e {
+            StreamError::Handler(why) => why,
+            e => e.to_string(),
+        })
     }
 
     fn host_message(
         &mut self,
         raw: &[u8],
         msg: &Message<'_>,
+        queue: &mut FdQueue<OwnedFd>,
         out: &mut Outgoing,
         messages: &mut u64,
     ) -> Result<(), String> {
@@ -457,7 +366,7 @@ impl Relay {
         let opcode = msg.header.opcode;
         let p = self
             .map
-            .process_event(ProtocolTable::builtin(), msg, self.host_fds.len())
+            .process_event(ProtocolTable::builtin(), msg, queue.len())
             .map_err(|e| e.to_string())?;
         let args = p.args.as_slice();
         let iface = p.interface.name;
@@ -523,12 +432,9 @@ impl Relay {
             }
             _ => {}
         }
-        for _ in 0..p.args.fd_count() {
-            if let Some(fd) = self.host_fds.pop_front()
-                && forward
-            {
-                out.guest_fds.push((at, fd));
-            }
+        let fds = queue.take(p.args.fd_count());
+        if forward {
+            out.guest_fds.extend(fds.into_iter().map(|fd| (at, fd)));
         }
         if forward {
             if !rewritten {
@@ -571,33 +477,6 @@ fn output_geometry_without_negative_size<'a>(args: &[Arg<'a>]) -> Option<[Arg<'a
             *transform,
         ]
     })
-}
-
-/// Hands `relay` the stream so far (`pending` then `bytes`) and keeps what it did not use (the
-/// start of a message) in `pending`. Bytes are copied into `pending` only when a message spans
-/// two calls, not on the frame loop.
-fn reassemble<E>(
-    pending: &mut Vec<u8>,
-    bytes: &[u8],
-    relay: impl FnOnce(&[u8]) -> Result<usize, E>,
-) -> Result<(), E> {
-    if pending.is_empty() {
-        let used = relay(bytes)?;
-        pending.extend_from_slice(&bytes[used..]);
-    } else {
-        pending.extend_from_slice(bytes);
-        let used = relay(pending)?;
-        pending.drain(..used);
-    }
-    Ok(())
-}
-
-/// The size of the partial message `rest` (what it holds, or what its header announces if
-/// more), when that is over `max`.
-fn partial_over(rest: &[u8], max: usize) -> Option<usize> {
-    let declared = wire::Header::parse(rest).map_or(0, |h| usize::from(h.size));
-    let size = declared.max(rest.len());
-    (size > max).then_some(size)
 }
 
 fn encode(out: &mut Vec<u8>, object: ObjectId, opcode: u16, args: &[Arg<'_>]) -> Result<(), Fault> {

@@ -23,11 +23,11 @@ mod engine;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use crossway_protocols::objects::ObjectMap;
+use crossway_protocols::stream::{MessageStream, StreamLimits};
 
 pub use fault::Fault;
 pub use policy::{Policy, PolicyError, Tagging};
@@ -202,10 +202,10 @@ pub struct Relay {
     config: Arc<RelayConfig>,
     stats: Arc<ClientStats>,
     map: ObjectMap,
-    guest_pending: Vec<u8>,
-    host_pending: Vec<u8>,
-    guest_fds: VecDeque<GuestFd>,
-    host_fds: VecDeque<OwnedFd>,
+    /// Guest → host: partial request, fds waiting for their request.
+    guest: MessageStream<GuestFd>,
+    /// Host → guest: partial event, fds waiting for their event.
+    host: MessageStream<OwnedFd>,
     registry: registry::Registry,
     buffers: buffers::Buffers,
     tags: Option<engine::Tags>,
@@ -218,14 +218,16 @@ impl Relay {
     /// A relay for a new guest client; `stats` is its entry in the VM's [`VmStats`].
     pub fn new(config: Arc<RelayConfig>, stats: Arc<ClientStats>) -> Relay {
         let tags = engine::Tags::new(&config.policy.tagging);
+        let limits = StreamLimits {
+            max_pending_bytes: config.limits.max_pending_bytes,
+            max_pending_fds: config.limits.max_pending_fds,
+        };
         Relay {
             map: ObjectMap::new(config.limits.max_objects),
             config,
             stats,
-            guest_pending: Vec::new(),
-            host_pending: Vec::new(),
-            guest_fds: VecDeque::new(),
-            host_fds: VecDeque::new(),
+            guest: MessageStream::new(limits),
+            host: MessageStream::new(limits),
             registry: registry::Registry::default(),
             buffers: buffers::Buffers::default(),
             tags,
@@ -261,7 +263,7 @@ impl Relay {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        self.guest_fds.extend(fds);
+        self.guest.push_fds(fds);
         let result = self.guest_input(bytes, sync, out);
         if let Err(fault) = result {
             fault.encode(&mut out.to_guest);
@@ -288,7 +290,7 @@ impl Relay {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
-        self.host_fds.extend(fds);
+        self.host.push_fds(fds);
         if let Err(why) = self.host_input(bytes, out) {
             tracing::warn!("host compositor: {why}");
             let e = RelayError::Host(why);

@@ -7,12 +7,12 @@ use std::fs::File;
 use std::sync::Arc;
 
 use crossway_protocols::dmabuf::{FormatModifier, PreferenceList};
-use crossway_protocols::tables::{Direction, ProtocolTable, message_desc};
+use crossway_protocols::tables::{Direction, ProtocolTable};
 use crossway_protocols::wire::{self, Arg, Message, ObjectId};
 
-use super::engine::op;
 use super::fault::{display, params, shm};
 use super::*;
+use crossway_protocols::opcodes as op;
 
 mod rotating;
 
@@ -433,97 +433,6 @@ fn advertised(bytes: &[u8]) -> Vec<(u32, String, u32)> {
             },
         )
         .collect()
-}
-
-#[test]
-fn opcodes_match_the_tables() {
-    let t = ProtocolTable::builtin();
-    let check = |iface: &str, dir, opcode, name: &str| {
-        let i = t.get(iface).unwrap();
-        assert_eq!(
-            message_desc(i, dir, opcode, i.version).unwrap().name,
-            name,
-            "{iface}"
-        );
-    };
-    use Direction::{Event as E, Request as R};
-    check("wl_display", E, op::DISPLAY_ERROR, "error");
-    check("wl_registry", R, op::REGISTRY_BIND, "bind");
-    check("wl_registry", E, op::REGISTRY_GLOBAL, "global");
-    check(
-        "wl_registry",
-        E,
-        op::REGISTRY_GLOBAL_REMOVE,
-        "global_remove",
-    );
-    check("wl_shm", R, op::SHM_CREATE_POOL, "create_pool");
-    check("wl_shm_pool", R, op::POOL_CREATE_BUFFER, "create_buffer");
-    check("wl_shm_pool", R, op::POOL_DESTROY, "destroy");
-    check("wl_shm_pool", R, op::POOL_RESIZE, "resize");
-    check("wl_buffer", R, op::BUFFER_DESTROY, "destroy");
-    check("wl_output", E, op::OUTPUT_GEOMETRY, "geometry");
-    check("wl_surface", R, op::SURFACE_DESTROY, "destroy");
-    check("wl_surface", R, op::SURFACE_ATTACH, "attach");
-    check("wl_surface", R, op::SURFACE_DAMAGE, "damage");
-    check("wl_surface", R, op::SURFACE_COMMIT, "commit");
-    check("wl_surface", R, op::SURFACE_DAMAGE_BUFFER, "damage_buffer");
-    // The geometry requests the damage tracker follows.
-    for (interface, opcode, name) in [
-        (
-            "wl_surface",
-            op::SURFACE_SET_BUFFER_TRANSFORM,
-            "set_buffer_transform",
-        ),
-        (
-            "wl_surface",
-            op::SURFACE_SET_BUFFER_SCALE,
-            "set_buffer_scale",
-        ),
-        ("wp_viewporter", op::VIEWPORTER_GET_VIEWPORT, "get_viewport"),
-        ("wp_viewport", op::VIEWPORT_DESTROY, "destroy"),
-        ("wp_viewport", op::VIEWPORT_SET_SOURCE, "set_source"),
-        (
-            "wp_viewport",
-            op::VIEWPORT_SET_DESTINATION,
-            "set_destination",
-        ),
-    ] {
-        check(interface, R, opcode, name);
-    }
-    check(
-        "zwp_linux_dmabuf_v1",
-        R,
-        op::DMABUF_CREATE_PARAMS,
-        "create_params",
-    );
-    check(
-        "zwp_linux_buffer_params_v1",
-        R,
-        op::PARAMS_DESTROY,
-        "destroy",
-    );
-    check("zwp_linux_buffer_params_v1", R, op::PARAMS_ADD, "add");
-    check("zwp_linux_buffer_params_v1", R, op::PARAMS_CREATE, "create");
-    check(
-        "zwp_linux_buffer_params_v1",
-        R,
-        op::PARAMS_CREATE_IMMED,
-        "create_immed",
-    );
-    check(
-        "zwp_linux_buffer_params_v1",
-        E,
-        op::PARAMS_CREATED,
-        "created",
-    );
-    check(
-        "xdg_surface",
-        R,
-        op::XDG_SURFACE_GET_TOPLEVEL,
-        "get_toplevel",
-    );
-    check("xdg_toplevel", R, op::TOPLEVEL_SET_TITLE, "set_title");
-    check("xdg_toplevel", R, op::TOPLEVEL_SET_APP_ID, "set_app_id");
 }
 
 // ---- framing, reassembly, fds ----

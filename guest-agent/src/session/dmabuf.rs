@@ -37,7 +37,7 @@ pub fn guest_can_allocate(modifier: u64) -> bool {
 
 /// Bytes per pixel of single-plane RGB DRM fourccs a copied dmabuf may use.
 pub(super) fn fourcc_bytes_per_pixel(fourcc: u32) -> Option<u32> {
-    crossway_protocols::damage::shm_bytes_per_pixel(fourcc).filter(|_| fourcc > 1)
+    crossway_protocols::format::bytes_per_pixel(fourcc).filter(|_| fourcc > 1)
 }
 
 /// Where the bytes of `ranges` (in a buffer laid out as `src`) go in the same buffer laid out

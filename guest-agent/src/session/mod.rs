@@ -38,11 +38,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossway_protocols::capset::CROSSWAY_FLAG_GUEST_BLOBS_IN_SEND;
+use crossway_protocols::codes::UnexpectedArgs;
 use crossway_protocols::cross_domain::{
     CROSS_DOMAIN_MAX_IDENTIFIERS, CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA,
 };
 use crossway_protocols::dmabuf::{FormatModifier, FormatTable};
 use crossway_protocols::objects::ObjectMap;
+use crossway_protocols::opcodes as op;
+use crossway_protocols::stream::{FdQueue, MessageStream, StreamError, StreamLimits};
 use crossway_protocols::tables::ProtocolTable;
 use crossway_protocols::virtgpu::{VirtGpu, VirtGpuMapping};
 use crossway_protocols::wire::{self, Arg, Message, ObjectId};
@@ -63,7 +66,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
-use self::{blobs::*, dmabuf::*, feedback::*, items::*, send::*, shm::*};
+use self::{blobs::*, dmabuf::*, feedback::*, items::*, shm::*};
 
 pub use dmabuf::guest_can_allocate;
 pub use items::{ClientReadPipe, HostWritePipe, sealed_memfd};
@@ -71,12 +74,7 @@ pub use registry::{UNRELAYABLE_GLOBALS, cap_global};
 pub use stats::AgentStats;
 
 /// `wl_display.error` codes.
-mod code {
-    pub const INVALID_OBJECT: u32 = 0;
-    pub const INVALID_METHOD: u32 = 1;
-    pub const NO_MEMORY: u32 = 2;
-    pub const IMPLEMENTATION: u32 = 3;
-}
+use crossway_protocols::codes::display as code;
 
 /// DRM fourcc ARGB8888, the format the pool-sized HOST3D blobs are asked for.
 const ARGB8888: u32 = u32::from_le_bytes(*b"AR24");
@@ -264,10 +262,10 @@ pub struct Session<D: VirtGpu> {
     config: Arc<SessionConfig>,
     stats: Arc<AgentStats>,
     map: ObjectMap,
-    client_pending: Vec<u8>,
-    client_fds: VecDeque<OwnedFd>,
-    host_pending: Vec<u8>,
-    host_items: VecDeque<HostItem>,
+    /// Client → host: partial request, fds waiting for their request.
+    client: MessageStream<OwnedFd>,
+    /// Host → client: partial event, items waiting for their event.
+    host: MessageStream<HostItem>,
     blobs: HashMap<u32, SharedBlob<D::Mapping>>,
     pools: HashMap<u32, Pool>,
     buffers: HashMap<u32, CopiedBuffer>,
@@ -313,27 +311,26 @@ fn id(o: ObjectId) -> u32 {
     o.get()
 }
 
-fn shape(object: u32, iface: &str, name: &str) -> SessionError {
-    client_err(
-        object,
-        code::INVALID_METHOD,
-        format!("{iface}.{name}: unexpected arguments"),
-    )
+fn shape(object: u32, interface: &'static str, message: &'static str) -> SessionError {
+    let e = UnexpectedArgs { interface, message };
+    client_err(object, UnexpectedArgs::CODE, e.to_string())
 }
 
 impl<D: VirtGpu> Session<D> {
     /// A session over an open channel.
     pub fn new(ch: Channel<D>, config: Arc<SessionConfig>, stats: Arc<AgentStats>) -> Self {
         let max_objects = config.limits.max_objects;
+        let limits = StreamLimits {
+            max_pending_bytes: config.limits.max_pending_bytes,
+            max_pending_fds: config.limits.max_pending_fds,
+        };
         Session {
             ch,
             config,
             stats,
             map: ObjectMap::new(max_objects),
-            client_pending: Vec::new(),
-            client_fds: VecDeque::new(),
-            host_pending: Vec::new(),
-            host_items: VecDeque::new(),
+            client: MessageStream::new(limits),
+            host: MessageStream::new(limits),
             blobs: HashMap::new(),
             pools: HashMap::new(),
             buffers: HashMap::new(),
@@ -383,45 +380,34 @@ impl<D: VirtGpu> Session<D> {
     /// Relays what the client sent: bytes (maybe a partial message) and the fds that came
     /// with them. SENDs go out before this returns.
     pub fn client_input(&mut self, bytes: &[u8], fds: Vec<OwnedFd>) -> Result<(), SessionError> {
-        self.client_fds.extend(fds);
-        if self.client_fds.len() > self.config.limits.max_pending_fds {
-            return Err(client_err(
-                1,
-                code::NO_MEMORY,
-                format!(
-                    "{} fds not matched to messages, over the limit {}",
-                    self.client_fds.len(),
-                    self.config.limits.max_pending_fds
-                ),
-            ));
-        }
-        let mut pending = std::mem::take(&mut self.client_pending);
-        let result = reassemble(
-            &mut pending,
-            bytes,
-            |raw, msg| self.client_message(raw, msg),
-            |e| client_err(1, code::INVALID_METHOD, format!("framing: {e}")),
-        );
-        self.client_pending = pending;
+        self.client.push_fds(fds);
+        // Out of `self` while it runs, so the handler may borrow the rest of the session.
+        let mut stream = std::mem::take(&mut self.client);
+        let result = stream.for_each(bytes, |raw, msg, fds| self.client_message(raw, msg, fds));
+        self.client = stream;
         // Whatever was relayed before an error still goes out, in order.
         let flushed = self.flush_sends();
         self.release_deferred();
-        result?;
+        result.map_err(|e| match e {
+            StreamError::Handler(e) => e,
+            StreamError::Framing(e) => client_err(1, code::INVALID_METHOD, format!("framing: {e}")),
+            e @ (StreamError::PartialTooLarge { .. } | StreamError::TooManyFds { .. }) => {
+                client_err(1, code::NO_MEMORY, e.to_string())
+            }
+        })?;
         flushed?;
-        if self.client_pending.len() > self.config.limits.max_pending_bytes {
-            return Err(client_err(
-                1,
-                code::NO_MEMORY,
-                "partial message over the size limit",
-            ));
-        }
         Ok(())
     }
 
     /// Relays one request into the send queue, all of it or (on error) none of it.
-    fn client_message(&mut self, raw: &[u8], msg: &Message<'_>) -> Result<(), SessionError> {
+    fn client_message(
+        &mut self,
+        raw: &[u8],
+        msg: &Message<'_>,
+        fds: &mut FdQueue<OwnedFd>,
+    ) -> Result<(), SessionError> {
         let mark = self.sendq.mark();
-        let r = self.relay_request(raw, msg);
+        let r = self.relay_request(raw, msg, fds);
         match &r {
             Ok(()) => self.sendq.end_message(mark),
             Err(_) => self.sendq.rollback(mark),
@@ -429,21 +415,26 @@ impl<D: VirtGpu> Session<D> {
         r
     }
 
-    fn relay_request(&mut self, raw: &[u8], msg: &Message<'_>) -> Result<(), SessionError> {
+    fn relay_request(
+        &mut self,
+        raw: &[u8],
+        msg: &Message<'_>,
+        queue: &mut FdQueue<OwnedFd>,
+    ) -> Result<(), SessionError> {
         let sender = id(msg.header.object);
         let p = self
             .map
-            .process_request(ProtocolTable::builtin(), msg, self.client_fds.len())
+            .process_request(ProtocolTable::builtin(), msg, queue.len())
             .map_err(|e| client_err(sender, code::INVALID_OBJECT, e.to_string()))?;
         AgentStats::add(&self.stats.messages_to_host, 1);
         AgentStats::add(&self.stats.bytes_to_host, raw.len() as u64);
-        let mut fds = take_front(&mut self.client_fds, p.args.fd_count());
+        let mut fds = queue.take(p.args.fd_count());
         let iface = p.interface.name;
         let name = p.desc.name;
         let args = p.args.as_slice();
         let mut forward = true;
-        match (iface, name) {
-            ("wl_shm", "create_pool") => {
+        match (iface, msg.header.opcode) {
+            ("wl_shm", op::SHM_CREATE_POOL) => {
                 let ([Arg::NewId(pool), Arg::Fd, Arg::Int(size)], [_]) = (args, &fds[..]) else {
                     return Err(shape(sender, iface, name));
                 };
@@ -451,7 +442,7 @@ impl<D: VirtGpu> Session<D> {
                 let res = self.create_pool(sender, id(*pool), fd, *size)?;
                 self.sendq.ids.push(SendId::Blob(res));
             }
-            ("wl_shm_pool", "create_buffer") => {
+            ("wl_shm_pool", op::POOL_CREATE_BUFFER) => {
                 let [
                     Arg::NewId(buffer),
                     Arg::Int(offset),
@@ -472,37 +463,37 @@ impl<D: VirtGpu> Session<D> {
                     *format,
                 )?;
             }
-            ("wl_shm_pool", "resize") => {
+            ("wl_shm_pool", op::POOL_RESIZE) => {
                 let [Arg::Int(size)] = args else {
                     return Err(shape(sender, iface, name));
                 };
                 self.resize_pool(sender, *size)?;
             }
-            ("wl_shm_pool", "destroy") => {
+            ("wl_shm_pool", op::POOL_DESTROY) => {
                 if let Some(pool) = self.pools.remove(&sender) {
                     self.unref_blob(pool.bo);
                 }
             }
-            ("wl_buffer", "destroy") => self.forget_buffer(sender),
-            ("wl_surface", "attach") => {
+            ("wl_buffer", op::BUFFER_DESTROY) => self.forget_buffer(sender),
+            ("wl_surface", op::SURFACE_ATTACH) => {
                 let [Arg::Object(buffer), _, _] = args else {
                     return Err(shape(sender, iface, name));
                 };
                 self.surface(sender).pending = Some(buffer.map(id));
             }
-            ("wl_surface", "damage") => {
+            ("wl_surface", op::SURFACE_DAMAGE) => {
                 let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
                     return Err(shape(sender, iface, name));
                 };
                 self.surface(sender).damage.damage_surface(*x, *y, *w, *h);
             }
-            ("wl_surface", "damage_buffer") => {
+            ("wl_surface", op::SURFACE_DAMAGE_BUFFER) => {
                 let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
                     return Err(shape(sender, iface, name));
                 };
                 self.surface(sender).damage.damage_buffer(*x, *y, *w, *h);
             }
-            ("wl_surface", "set_buffer_transform") => {
+            ("wl_surface", op::SURFACE_SET_BUFFER_TRANSFORM) => {
                 let [Arg::Int(t)] = args else {
                     return Err(shape(sender, iface, name));
                 };
@@ -511,7 +502,7 @@ impl<D: VirtGpu> Session<D> {
                     .set_buffer_transform(*t)
                     .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
             }
-            ("wl_surface", "set_buffer_scale") => {
+            ("wl_surface", op::SURFACE_SET_BUFFER_SCALE) => {
                 let [Arg::Int(s)] = args else {
                     return Err(shape(sender, iface, name));
                 };
@@ -520,20 +511,20 @@ impl<D: VirtGpu> Session<D> {
                     .set_buffer_scale(*s)
                     .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
             }
-            ("wl_surface", "commit") => self.commit(sender)?,
-            ("wl_surface", "destroy") => {
+            ("wl_surface", op::SURFACE_COMMIT) => self.commit(sender)?,
+            ("wl_surface", op::SURFACE_DESTROY) => {
                 self.surfaces.remove(&sender);
                 self.stale.forget_surface(sender);
                 // The surface's viewports are inert now (wp_viewport: no_surface); its id may
                 // name a new surface next, which they must not reach.
                 self.viewports.retain(|_, s| *s != sender);
             }
-            ("wp_viewporter", "get_viewport") => {
+            ("wp_viewporter", op::VIEWPORTER_GET_VIEWPORT) => {
                 if let [Arg::NewId(v), Arg::Object(Some(s))] = args {
                     self.viewports.insert(id(*v), id(*s));
                 }
             }
-            ("wp_viewport", "set_source") => {
+            ("wp_viewport", op::VIEWPORT_SET_SOURCE) => {
                 let [Arg::Fixed(x), Arg::Fixed(y), Arg::Fixed(w), Arg::Fixed(h)] = args else {
                     return Err(shape(sender, iface, name));
                 };
@@ -546,7 +537,7 @@ impl<D: VirtGpu> Session<D> {
                         .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
                 }
             }
-            ("wp_viewport", "set_destination") => {
+            ("wp_viewport", op::VIEWPORT_SET_DESTINATION) => {
                 let [Arg::Int(w), Arg::Int(h)] = args else {
                     return Err(shape(sender, iface, name));
                 };
@@ -558,7 +549,7 @@ impl<D: VirtGpu> Session<D> {
                         .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
                 }
             }
-            ("wp_viewport", "destroy") => {
+            ("wp_viewport", op::VIEWPORT_DESTROY) => {
                 if let Some(s) = self.viewports.remove(&sender)
                     && let Some(surface) = self.surfaces.get_mut(&s)
                 {
@@ -567,12 +558,12 @@ impl<D: VirtGpu> Session<D> {
                     let _ = surface.damage.set_viewport_destination(None);
                 }
             }
-            ("zwp_linux_dmabuf_v1", "create_params") => {
+            ("zwp_linux_dmabuf_v1", op::DMABUF_CREATE_PARAMS) => {
                 if let [Arg::NewId(p)] = args {
                     self.params.insert(id(*p), Vec::new());
                 }
             }
-            ("zwp_linux_buffer_params_v1", "add") => {
+            ("zwp_linux_buffer_params_v1", op::PARAMS_ADD) => {
                 let [
                     Arg::Fd,
                     Arg::Uint(plane),
@@ -615,7 +606,7 @@ impl<D: VirtGpu> Session<D> {
                 // Held back: sent with `create`, once the buffer's size and format are known.
                 forward = false;
             }
-            ("zwp_linux_buffer_params_v1", "create" | "create_immed") => {
+            ("zwp_linux_buffer_params_v1", op::PARAMS_CREATE | op::PARAMS_CREATE_IMMED) => {
                 let (buffer, rest) = match args {
                     [Arg::NewId(b), rest @ ..] => (Some(id(*b)), rest),
                     rest => (None, rest),
@@ -625,10 +616,10 @@ impl<D: VirtGpu> Session<D> {
                 };
                 self.create_dmabuf(sender, buffer, (*w, *h), *format)?;
             }
-            ("zwp_linux_buffer_params_v1", "destroy") => {
+            ("zwp_linux_buffer_params_v1", op::PARAMS_DESTROY) => {
                 self.take_params(sender);
             }
-            ("zwp_linux_dmabuf_feedback_v1", "destroy") => {
+            ("zwp_linux_dmabuf_feedback_v1", op::FEEDBACK_DESTROY) => {
                 self.feedback.remove(&sender);
             }
             _ => {
@@ -655,23 +646,15 @@ impl<D: VirtGpu> Session<D> {
     /// Relays a RECEIVE from the host: Wayland bytes (maybe partial) and the items standing
     /// for their fds.
     pub fn host_input(&mut self, data: &[u8], items: Vec<HostItem>) -> Result<(), SessionError> {
-        self.host_items.extend(items);
-        if self.host_items.len() > self.config.limits.max_pending_fds {
-            return Err(host_err("too many items not matched to events"));
-        }
-        let mut pending = std::mem::take(&mut self.host_pending);
-        let result = reassemble(
-            &mut pending,
-            data,
-            |raw, msg| self.host_message(raw, msg),
-            |e| host_err(format!("framing: {e}")),
-        );
-        self.host_pending = pending;
+        self.host.push_fds(items);
+        let mut stream = std::mem::take(&mut self.host);
+        let result = stream.for_each(data, |raw, msg, items| self.host_message(raw, msg, items));
+        self.host = stream;
         self.release_deferred();
-        result?;
-        if self.host_pending.len() > self.config.limits.max_pending_bytes {
-            return Err(host_err("partial event over the size limit"));
-        }
+        result.map_err(|e| match e {
+            StreamError::Handler(e) => e,
+            e => host_err(e.to_string()),
+        })?;
         if self.to_client.bytes.len() > self.config.limits.max_client_queue {
             return Err(client_err(
                 1,
@@ -682,22 +665,26 @@ impl<D: VirtGpu> Session<D> {
         Ok(())
     }
 
-    fn host_message(&mut self, raw: &[u8], msg: &Message<'_>) -> Result<(), SessionError> {
+    fn host_message(
+        &mut self,
+        raw: &[u8],
+        msg: &Message<'_>,
+        queue: &mut FdQueue<HostItem>,
+    ) -> Result<(), SessionError> {
         let sender = id(msg.header.object);
         let p = self
             .map
-            .process_event(ProtocolTable::builtin(), msg, self.host_items.len())
+            .process_event(ProtocolTable::builtin(), msg, queue.len())
             .map_err(|e| host_err(e.to_string()))?;
-        let mut items = take_front(&mut self.host_items, p.args.fd_count());
+        let mut items = queue.take(p.args.fd_count());
         let iface = p.interface.name;
-        let name = p.desc.name;
         let args = p.args.as_slice();
         let at = self.to_client.bytes.len();
         let mut forward = !p.to_zombie;
         let mut rewritten: Option<Vec<u8>> = None;
         let mut fds: Vec<OwnedFd> = Vec::new();
-        match (iface, name) {
-            ("wl_registry", "global") => {
+        match (iface, msg.header.opcode) {
+            ("wl_registry", op::REGISTRY_GLOBAL) => {
                 let [Arg::Uint(g), Arg::Str(Some(interface)), Arg::Uint(version)] = args else {
                     return Err(host_err("wl_registry.global with unexpected arguments"));
                 };
@@ -717,7 +704,7 @@ impl<D: VirtGpu> Session<D> {
                     }
                 }
             }
-            ("zwp_linux_buffer_params_v1", "created") => {
+            ("zwp_linux_buffer_params_v1", op::PARAMS_CREATED) => {
                 if let [Arg::NewId(b)] = args {
                     let b = id(*b);
                     if let Some(Some(copied)) = self.params_waiting.remove(&sender) {
@@ -728,7 +715,7 @@ impl<D: VirtGpu> Session<D> {
                     }
                 }
             }
-            ("zwp_linux_buffer_params_v1", "failed") => {
+            ("zwp_linux_buffer_params_v1", op::PARAMS_FAILED) => {
                 if let Some(Some(c)) = self.params_waiting.remove(&sender) {
                     self.unref_blob(c.bo);
                 }
@@ -736,7 +723,7 @@ impl<D: VirtGpu> Session<D> {
                     self.unref_imports(h);
                 }
             }
-            ("zwp_linux_dmabuf_feedback_v1", "format_table") => {
+            ("zwp_linux_dmabuf_feedback_v1", op::FEEDBACK_FORMAT_TABLE) => {
                 let ([Arg::Fd, Arg::Uint(_size)], [item]) = (args, &items[..]) else {
                     return Err(host_err("format_table without its table"));
                 };
@@ -755,7 +742,10 @@ impl<D: VirtGpu> Session<D> {
                 fds.push(fd);
                 items.clear();
             }
-            ("zwp_linux_dmabuf_feedback_v1", "main_device" | "tranche_target_device") => {
+            (
+                "zwp_linux_dmabuf_feedback_v1",
+                op::FEEDBACK_MAIN_DEVICE | op::FEEDBACK_TRANCHE_TARGET_DEVICE,
+            ) => {
                 if let Some(dev) = self.config.guest_dev {
                     let bytes = dev.to_ne_bytes();
                     let mut b = Vec::new();
@@ -769,7 +759,7 @@ impl<D: VirtGpu> Session<D> {
                     rewritten = Some(b);
                 }
             }
-            ("zwp_linux_dmabuf_feedback_v1", "tranche_formats") => {
+            ("zwp_linux_dmabuf_feedback_v1", op::FEEDBACK_TRANCHE_FORMATS) => {
                 let [Arg::Array(indices)] = args else {
                     return Err(host_err("tranche_formats with unexpected arguments"));
                 };
@@ -795,7 +785,7 @@ impl<D: VirtGpu> Session<D> {
                 .map_err(|e| host_err(e.to_string()))?;
                 rewritten = Some(b);
             }
-            ("zwp_linux_dmabuf_v1", "modifier") => {
+            ("zwp_linux_dmabuf_v1", op::DMABUF_MODIFIER) => {
                 if let [Arg::Uint(_), Arg::Uint(hi), Arg::Uint(lo)] = args {
                     let m = (u64::from(*hi) << 32) | u64::from(*lo);
                     forward &= guest_can_allocate(m);
@@ -819,7 +809,7 @@ impl<D: VirtGpu> Session<D> {
             &self.stats.bytes_to_guest,
             (self.to_client.bytes.len() - at) as u64,
         );
-        if iface == "wl_display" && name == "error" {
+        if iface == "wl_display" && msg.header.opcode == op::DISPLAY_ERROR {
             self.closing = true;
         }
         Ok(())

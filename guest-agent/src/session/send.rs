@@ -1,5 +1,5 @@
 //! Packing relayed requests into cross-domain SENDs (at most 3744 bytes, 28 identifiers and one
-//! read pipe each, every identifier with its message), and framing client input.
+//! read pipe each, every identifier with its message).
 
 use super::*;
 
@@ -29,44 +29,6 @@ impl SendQueue {
         self.ends.clear();
         self.pipes.clear();
     }
-}
-
-/// Appends `input` to `pending` (the partial message kept from the last call), hands each whole
-/// message to `each` with its raw bytes, and keeps what is left of a partial one in `pending`.
-/// Stops at the first error (of framing or of `each`); the messages before it stay handled
-/// and are dropped from `pending`.
-pub(super) fn reassemble(
-    pending: &mut Vec<u8>,
-    input: &[u8],
-    mut each: impl FnMut(&[u8], &Message<'_>) -> Result<(), SessionError>,
-    framing: impl FnOnce(wire::WireError) -> SessionError,
-) -> Result<(), SessionError> {
-    pending.extend_from_slice(input);
-    let mut pos = 0;
-    let result = loop {
-        let rest = pending.get(pos..).unwrap_or_default();
-        match wire::next_message(rest) {
-            Ok(Some(msg)) => {
-                let len = msg.len();
-                let Some(raw) = rest.get(..len) else {
-                    break Ok(());
-                };
-                if let Err(e) = each(raw, &msg) {
-                    break Err(e);
-                }
-                pos += len;
-            }
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(framing(e)),
-        }
-    };
-    pending.drain(..pos.min(pending.len()));
-    result
-}
-
-/// The first `n` of `queue` (the object map checked that a message's fds have arrived).
-pub(super) fn take_front<T>(queue: &mut VecDeque<T>, n: usize) -> Vec<T> {
-    queue.drain(..n.min(queue.len())).collect()
 }
 
 impl<D: VirtGpu> Session<D> {

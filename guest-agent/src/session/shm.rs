@@ -147,7 +147,7 @@ impl<D: VirtGpu> Session<D> {
         let Some(p) = self.pools.get(&pool) else {
             return Err(client_err(pool, code::INVALID_OBJECT, "unknown pool"));
         };
-        let bpp = crossway_protocols::damage::shm_bytes_per_pixel(format).ok_or_else(|| {
+        let bpp = crossway_protocols::format::bytes_per_pixel(format).ok_or_else(|| {
             client_err(pool, 0, format!("wl_shm format {format:#x} not supported"))
         })?;
         let layout = BufferLayout {
