@@ -301,6 +301,17 @@ impl<D: Default> ObjectMap<D> {
         })
     }
 
+    /// The live objects' ids and data, to change.
+    pub fn iter_data_mut(&mut self) -> impl Iterator<Item = (ObjectId, &mut D)> {
+        let client = (self.client.iter_mut().enumerate()).map(|(i, s)| (i as u32, s));
+        let server = (self.server.iter_mut().enumerate())
+            .map(|(i, s)| ((i as u32).wrapping_add(SERVER_ID_START), s));
+        client.chain(server).filter_map(|(raw, slot)| match slot {
+            Slot::Alive(_, data) => Some((ObjectId::new(raw)?, data)),
+            _ => None,
+        })
+    }
+
     fn slots_mut(&mut self, side: Side) -> &mut Vec<Slot<D>> {
         match side {
             Side::Client => &mut self.client,

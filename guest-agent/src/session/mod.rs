@@ -229,6 +229,38 @@ struct Plane {
     modifier: u64,
 }
 
+/// What the session keeps of a Wayland object, in the object map: created with the object,
+/// dropped when it is destroyed, so nothing of an old object can reach one reusing its id.
+#[derive(Default)]
+enum ObjectData {
+    /// Nothing (most objects).
+    #[default]
+    None,
+    /// A `wl_surface`'s damage and buffers.
+    Surface(Surface),
+    /// A `wp_viewport`: the surface it was made for (`None` once that surface is destroyed).
+    Viewport(Option<u32>),
+    /// A `zwp_linux_dmabuf_feedback_v1`'s format table translation.
+    Feedback(FeedbackState),
+}
+
+/// The session's data of the live object `object` (a raw id from a message).
+fn data_mut(map: &mut ObjectMap<ObjectData>, object: u32) -> Option<&mut ObjectData> {
+    map.data_mut(ObjectId::new(object)?)
+}
+
+/// The state of the live `wl_surface` `surface`, made on first use.
+fn surface_in(map: &mut ObjectMap<ObjectData>, surface: u32) -> Option<&mut Surface> {
+    let data = data_mut(map, surface)?;
+    if matches!(data, ObjectData::None) {
+        *data = ObjectData::Surface(Surface::default());
+    }
+    match data {
+        ObjectData::Surface(s) => Some(s),
+        _ => None,
+    }
+}
+
 /// One dmabuf feedback object's table translation.
 #[derive(Default)]
 struct FeedbackState {
@@ -261,7 +293,7 @@ pub struct Session<D: VirtGpu> {
     ch: Channel<D>,
     config: Arc<SessionConfig>,
     stats: Arc<AgentStats>,
-    map: ObjectMap,
+    map: ObjectMap<ObjectData>,
     /// Client → host: partial request, fds waiting for their request.
     client: MessageStream<OwnedFd>,
     /// Host → client: partial event, items waiting for their event.
@@ -274,8 +306,6 @@ pub struct Session<D: VirtGpu> {
     /// References to each imported GEM handle: PRIME import of a dmabuf the device file
     /// already knows returns the same handle, and one GEM_CLOSE closes it for all.
     import_refs: HashMap<u32, usize>,
-    surfaces: HashMap<u32, Surface>,
-    viewports: HashMap<u32, u32>,
     stale: StaleTracker,
     params: HashMap<u32, Vec<Plane>>,
     /// Plane fds held in `params`.
@@ -283,7 +313,6 @@ pub struct Session<D: VirtGpu> {
     /// `create` (not immed) params waiting for the host's `created`: what the buffer will be.
     params_waiting: HashMap<u32, Option<CopiedBuffer>>,
     params_imported: HashMap<u32, Vec<u32>>,
-    feedback: HashMap<u32, FeedbackState>,
     sendq: SendQueue,
     /// Let go of, closed once the SENDs queued so far are out.
     release: Deferred<D::Mapping>,
@@ -336,14 +365,11 @@ impl<D: VirtGpu> Session<D> {
             buffers: HashMap::new(),
             imported: HashMap::new(),
             import_refs: HashMap::new(),
-            surfaces: HashMap::new(),
-            viewports: HashMap::new(),
             stale: StaleTracker::default(),
             params: HashMap::new(),
             plane_fds: 0,
             params_waiting: HashMap::new(),
             params_imported: HashMap::new(),
-            feedback: HashMap::new(),
             sendq: SendQueue::default(),
             release: Deferred {
                 blobs: Vec::new(),
@@ -479,25 +505,25 @@ impl<D: VirtGpu> Session<D> {
                 let [Arg::Object(buffer), _, _] = args else {
                     return Err(shape(sender, iface, name));
                 };
-                self.surface(sender).pending = Some(buffer.map(id));
+                self.surface(sender)?.pending = Some(buffer.map(id));
             }
             ("wl_surface", op::SURFACE_DAMAGE) => {
                 let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
                     return Err(shape(sender, iface, name));
                 };
-                self.surface(sender).damage.damage_surface(*x, *y, *w, *h);
+                self.surface(sender)?.damage.damage_surface(*x, *y, *w, *h);
             }
             ("wl_surface", op::SURFACE_DAMAGE_BUFFER) => {
                 let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
                     return Err(shape(sender, iface, name));
                 };
-                self.surface(sender).damage.damage_buffer(*x, *y, *w, *h);
+                self.surface(sender)?.damage.damage_buffer(*x, *y, *w, *h);
             }
             ("wl_surface", op::SURFACE_SET_BUFFER_TRANSFORM) => {
                 let [Arg::Int(t)] = args else {
                     return Err(shape(sender, iface, name));
                 };
-                self.surface(sender)
+                self.surface(sender)?
                     .damage
                     .set_buffer_transform(*t)
                     .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
@@ -506,22 +532,30 @@ impl<D: VirtGpu> Session<D> {
                 let [Arg::Int(s)] = args else {
                     return Err(shape(sender, iface, name));
                 };
-                self.surface(sender)
+                self.surface(sender)?
                     .damage
                     .set_buffer_scale(*s)
                     .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
             }
             ("wl_surface", op::SURFACE_COMMIT) => self.commit(sender)?,
             ("wl_surface", op::SURFACE_DESTROY) => {
-                self.surfaces.remove(&sender);
+                // Its state left the map with it.
                 self.stale.forget_surface(sender);
                 // The surface's viewports are inert now (wp_viewport: no_surface); its id may
                 // name a new surface next, which they must not reach.
-                self.viewports.retain(|_, s| *s != sender);
+                for (_, data) in self.map.iter_data_mut() {
+                    if let ObjectData::Viewport(s) = data
+                        && *s == Some(sender)
+                    {
+                        *s = None;
+                    }
+                }
             }
             ("wp_viewporter", op::VIEWPORTER_GET_VIEWPORT) => {
-                if let [Arg::NewId(v), Arg::Object(Some(s))] = args {
-                    self.viewports.insert(id(*v), id(*s));
+                if let [Arg::NewId(v), Arg::Object(Some(s))] = args
+                    && let Some(data) = self.map.data_mut(*v)
+                {
+                    *data = ObjectData::Viewport(Some(id(*s)));
                 }
             }
             ("wp_viewport", op::VIEWPORT_SET_SOURCE) => {
@@ -530,8 +564,8 @@ impl<D: VirtGpu> Session<D> {
                 };
                 let src = [x.0, y.0, w.0, h.0];
                 let unset = src.iter().all(|v| *v == -256);
-                if let Some(s) = self.viewports.get(&sender).copied() {
-                    self.surface(s)
+                if let Some(s) = self.viewport_surface(sender) {
+                    self.surface(s)?
                         .damage
                         .set_viewport_source((!unset).then_some(src))
                         .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
@@ -542,16 +576,16 @@ impl<D: VirtGpu> Session<D> {
                     return Err(shape(sender, iface, name));
                 };
                 let unset = *w == -1 && *h == -1;
-                if let Some(s) = self.viewports.get(&sender).copied() {
-                    self.surface(s)
+                if let Some(s) = self.viewport_surface(sender) {
+                    self.surface(s)?
                         .damage
                         .set_viewport_destination((!unset).then_some((*w, *h)))
                         .map_err(|e| client_err(sender, code::INVALID_METHOD, e.to_string()))?;
                 }
             }
             ("wp_viewport", op::VIEWPORT_DESTROY) => {
-                if let Some(s) = self.viewports.remove(&sender)
-                    && let Some(surface) = self.surfaces.get_mut(&s)
+                if let Some(ObjectData::Viewport(Some(s))) = p.released
+                    && let Some(surface) = surface_in(&mut self.map, s)
                 {
                     // Errors are impossible for "unset".
                     let _ = surface.damage.set_viewport_source(None);
@@ -618,9 +652,6 @@ impl<D: VirtGpu> Session<D> {
             }
             ("zwp_linux_buffer_params_v1", op::PARAMS_DESTROY) => {
                 self.take_params(sender);
-            }
-            ("zwp_linux_dmabuf_feedback_v1", op::FEEDBACK_DESTROY) => {
-                self.feedback.remove(&sender);
             }
             _ => {
                 // Any other fd: a pipe the client reads (the host writes into it).
@@ -729,7 +760,9 @@ impl<D: VirtGpu> Session<D> {
                 };
                 let table = self.item_bytes(item)?;
                 let (fd, size, map) = guest_format_table(&table)?;
-                self.feedback.entry(sender).or_default().map = map;
+                if let Some(data) = data_mut(&mut self.map, sender) {
+                    *data = ObjectData::Feedback(FeedbackState { map });
+                }
                 let mut b = Vec::new();
                 wire::encode_unchecked(
                     &mut b,
@@ -763,11 +796,10 @@ impl<D: VirtGpu> Session<D> {
                 let [Arg::Array(indices)] = args else {
                     return Err(host_err("tranche_formats with unexpected arguments"));
                 };
-                let map = self
-                    .feedback
-                    .get(&sender)
-                    .map(|f| f.map.as_slice())
-                    .unwrap_or(&[]);
+                let map = match self.map.data(msg.header.object) {
+                    Some(ObjectData::Feedback(f)) => f.map.as_slice(),
+                    _ => &[],
+                };
                 let mut kept: Vec<u8> = Vec::new();
                 for c in indices.chunks_exact(2) {
                     let i = u16::from_ne_bytes([c[0], c[1]]);

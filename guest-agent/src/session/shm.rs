@@ -19,8 +19,17 @@ impl<D: VirtGpu> Session<D> {
         }
     }
 
-    pub(super) fn surface(&mut self, surface: u32) -> &mut Surface {
-        self.surfaces.entry(surface).or_default()
+    pub(super) fn surface(&mut self, surface: u32) -> Result<&mut Surface, SessionError> {
+        surface_in(&mut self.map, surface)
+            .ok_or_else(|| client_err(surface, code::INVALID_OBJECT, "not a live surface"))
+    }
+
+    /// The surface a `wp_viewport` was made for, while that surface lives.
+    pub(super) fn viewport_surface(&self, viewport: u32) -> Option<u32> {
+        match self.map.data(ObjectId::new(viewport)?) {
+            Some(ObjectData::Viewport(s)) => *s,
+            _ => None,
+        }
     }
 
     /// `wl_shm.create_pool` on `shm`. Errors name the `wl_shm` with its codes, as
@@ -185,7 +194,10 @@ impl<D: VirtGpu> Session<D> {
         self.stale.forget_buffer(buffer);
         // A later buffer may reuse the id: what the surfaces remember of this one must not
         // reach it (committing without a new attach shows nothing new).
-        for s in self.surfaces.values_mut() {
+        for (_, data) in self.map.iter_data_mut() {
+            let ObjectData::Surface(s) = data else {
+                continue;
+            };
             if s.current == Some(buffer) {
                 s.current = None;
             }
@@ -196,7 +208,8 @@ impl<D: VirtGpu> Session<D> {
     }
 
     pub(super) fn commit(&mut self, surface: u32) -> Result<(), SessionError> {
-        let s = self.surfaces.entry(surface).or_default();
+        let s = surface_in(&mut self.map, surface)
+            .ok_or_else(|| client_err(surface, code::INVALID_OBJECT, "not a live surface"))?;
         if let Some(b) = s.pending.take() {
             s.current = b;
         }

@@ -390,9 +390,9 @@ fn surface_destroy_forgets_its_viewports() {
     );
     stream.extend(msg(8, 1, &[new_id(9), obj(7)]));
     s.client_input(&stream, vec![]).unwrap();
-    assert_eq!(s.viewports.get(&9), Some(&7));
+    assert_eq!(s.viewport_surface(9), Some(7));
     s.client_input(&msg(7, 0, &[]), vec![]).unwrap();
-    assert!(s.viewports.is_empty());
+    assert_eq!(s.viewport_surface(9), None);
 }
 
 #[test]
@@ -402,10 +402,10 @@ fn destroyed_buffer_is_forgotten_by_the_surface_it_was_on() {
     let mut stream = msg(7, 1, &[obj(6), Arg::Int(0), Arg::Int(0)]);
     stream.extend(msg(7, 6, &[]));
     s.client_input(&stream, vec![]).unwrap();
-    assert_eq!(s.surfaces[&7].current, Some(6));
+    assert_eq!(s.surface(7).unwrap().current, Some(6));
     assert_eq!(s.blobs.len(), 1);
     s.client_input(&msg(6, 0, &[]), vec![]).unwrap();
-    assert_eq!(s.surfaces[&7].current, None);
+    assert_eq!(s.surface(7).unwrap().current, None);
     assert!(s.buffers.is_empty());
     // The pool still holds the blob; its destroy lets it go.
     s.client_input(&msg(5, 1, &[]), vec![]).unwrap();
