@@ -32,6 +32,7 @@ pub mod cross_domain;
 pub mod damage;
 pub mod dmabuf;
 pub mod format;
+pub mod messages;
 pub mod objects;
 pub mod opcodes;
 pub mod stream;

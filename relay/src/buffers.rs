@@ -354,7 +354,8 @@ impl Buffers {
         self.params.remove(&id.get());
     }
 
-    /// `zwp_linux_buffer_params_v1.add(fd, plane_idx, offset, stride, modifier_hi, modifier_lo)`.
+    /// `zwp_linux_buffer_params_v1.add(fd, plane_idx, offset, stride, modifier_hi, modifier_lo)`,
+    /// the modifier's halves joined.
     #[allow(clippy::too_many_arguments)]
     pub fn params_add(
         &mut self,
@@ -363,8 +364,7 @@ impl Buffers {
         plane_idx: u32,
         offset: u32,
         stride: u32,
-        modifier_hi: u32,
-        modifier_lo: u32,
+        modifier: u64,
     ) -> Result<(), Fault> {
         let p = self
             .params
@@ -410,7 +410,7 @@ impl Buffers {
             memory,
             offset,
             stride,
-            modifier: (u64::from(modifier_hi) << 32) | u64::from(modifier_lo),
+            modifier,
         });
         Ok(())
     }

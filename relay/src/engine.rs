@@ -10,6 +10,9 @@ use std::ffi::CStr;
 use std::os::fd::OwnedFd;
 
 use crossway_protocols::codes::UnexpectedArgs;
+use crossway_protocols::messages::{
+    CreateBuffer, CreatePool, Global, ParamsAdd, ParamsCreate, Rect4,
+};
 use crossway_protocols::opcodes as op;
 use crossway_protocols::stream::{FdQueue, StreamError};
 use crossway_protocols::tables::ProtocolTable;
@@ -176,27 +179,17 @@ impl Relay {
                     .check_bind(sender, *global, interface, *version)?;
             }
             ("wl_shm", op::SHM_CREATE_POOL) => {
-                let ([Arg::NewId(pool), Arg::Fd, Arg::Int(size)], [fd]) = (args, &fds[..]) else {
+                let (Some(m), [fd]) = (CreatePool::parse(args), &fds[..]) else {
                     return Err(shape(iface, name));
                 };
                 self.buffers
-                    .create_pool(sender, *pool, fd, *size, limits.max_shm_pool_bytes)?;
+                    .create_pool(sender, m.pool, fd, m.size, limits.max_shm_pool_bytes)?;
             }
             ("wl_shm_pool", op::POOL_CREATE_BUFFER) => {
-                let [
-                    Arg::NewId(buffer),
-                    Arg::Int(offset),
-                    Arg::Int(width),
-                    Arg::Int(height),
-                    Arg::Int(stride),
-                    Arg::Uint(format),
-                ] = args
-                else {
-                    return Err(shape(iface, name));
-                };
-                let path = self
-                    .buffers
-                    .create_buffer(sender, *buffer, *offset, *width, *height, *stride, *format)?;
+                let m = CreateBuffer::parse(args).ok_or_else(|| shape(iface, name))?;
+                let path = self.buffers.create_buffer(
+                    sender, m.buffer, m.offset, m.width, m.height, m.stride, m.format,
+                )?;
                 self.stats.count_buffer(path);
             }
             ("wl_shm_pool", op::POOL_RESIZE) => {
@@ -215,13 +208,13 @@ impl Relay {
                 self.buffers.attach(sender, *buffer);
             }
             ("wl_surface", op::SURFACE_DAMAGE | op::SURFACE_DAMAGE_BUFFER) => {
-                let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
-                    return Err(shape(iface, name));
-                };
+                let r = Rect4::parse(args).ok_or_else(|| shape(iface, name))?;
                 if opcode == op::SURFACE_DAMAGE {
-                    self.buffers.damage_surface(sender, *x, *y, *w, *h);
+                    self.buffers
+                        .damage_surface(sender, r.x, r.y, r.width, r.height);
                 } else {
-                    self.buffers.damage_buffer(sender, *x, *y, *w, *h);
+                    self.buffers
+                        .damage_buffer(sender, r.x, r.y, r.width, r.height);
                 }
             }
             ("wl_surface", op::SURFACE_SET_BUFFER_TRANSFORM | op::SURFACE_SET_BUFFER_SCALE)
@@ -246,43 +239,20 @@ impl Relay {
                 self.buffers.destroy_params(sender)
             }
             ("zwp_linux_buffer_params_v1", op::PARAMS_ADD) => {
-                let (
-                    [
-                        Arg::Fd,
-                        Arg::Uint(plane),
-                        Arg::Uint(offset),
-                        Arg::Uint(stride),
-                        Arg::Uint(hi),
-                        Arg::Uint(lo),
-                    ],
-                    [fd],
-                ) = (args, &fds[..])
-                else {
+                let (Some(m), [fd]) = (ParamsAdd::parse(args), &fds[..]) else {
                     return Err(shape(iface, name));
                 };
                 self.buffers
-                    .params_add(sender, &fd.kind, *plane, *offset, *stride, *hi, *lo)?;
+                    .params_add(sender, &fd.kind, m.plane, m.offset, m.stride, m.modifier)?;
             }
             ("zwp_linux_buffer_params_v1", op::PARAMS_CREATE | op::PARAMS_CREATE_IMMED) => {
-                let (buffer, rest) = match args {
-                    [Arg::NewId(b), rest @ ..] => (Some(*b), rest),
-                    rest => (None, rest),
-                };
-                let [
-                    Arg::Int(w),
-                    Arg::Int(h),
-                    Arg::Uint(format),
-                    Arg::Uint(_flags),
-                ] = rest
-                else {
-                    return Err(shape(iface, name));
-                };
+                let m = ParamsCreate::parse(args).ok_or_else(|| shape(iface, name))?;
                 let path = self.buffers.params_create(
                     sender,
-                    buffer,
-                    *w,
-                    *h,
-                    *format,
+                    m.buffer,
+                    m.width,
+                    m.height,
+                    m.format,
                     self.config.host_formats.as_deref(),
                 )?;
                 self.stats.count_buffer(path);
@@ -386,25 +356,25 @@ impl Relay {
                 });
             }
             ("wl_registry", op::REGISTRY_GLOBAL) => {
-                let [
-                    Arg::Uint(global),
-                    Arg::Str(Some(interface)),
-                    Arg::Uint(version),
-                ] = args
+                let Some(Global {
+                    name: global,
+                    interface,
+                    version,
+                }) = Global::parse(args)
                 else {
                     return Err("wl_registry.global with unexpected arguments".into());
                 };
                 match self.registry.on_global(
                     &self.config.policy,
                     self.config.host_formats.is_some(),
-                    *global,
+                    global,
                     interface,
-                    *version,
+                    version,
                 ) {
                     None => forward = false,
-                    Some(v) if v == *version => {}
+                    Some(v) if v == version => {}
                     Some(v) => {
-                        let capped = [Arg::Uint(*global), Arg::Str(Some(interface)), Arg::Uint(v)];
+                        let capped = [Arg::Uint(global), Arg::Str(Some(interface)), Arg::Uint(v)];
                         wire::encode_unchecked(&mut out.to_guest, sender, opcode, &capped)
                             .map_err(|e| e.to_string())?;
                         rewritten = true;

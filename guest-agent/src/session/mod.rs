@@ -43,6 +43,9 @@ use crossway_protocols::cross_domain::{
     CROSS_DOMAIN_MAX_IDENTIFIERS, CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA,
 };
 use crossway_protocols::dmabuf::{FormatModifier, FormatTable};
+use crossway_protocols::messages::{
+    CreateBuffer, CreatePool, Global, ParamsAdd, ParamsCreate, Rect4,
+};
 use crossway_protocols::objects::ObjectMap;
 use crossway_protocols::opcodes as op;
 use crossway_protocols::stream::{FdQueue, MessageStream, StreamError, StreamLimits};
@@ -461,33 +464,17 @@ impl<D: VirtGpu> Session<D> {
         let mut forward = true;
         match (iface, msg.header.opcode) {
             ("wl_shm", op::SHM_CREATE_POOL) => {
-                let ([Arg::NewId(pool), Arg::Fd, Arg::Int(size)], [_]) = (args, &fds[..]) else {
+                let (Some(m), [_]) = (CreatePool::parse(args), &fds[..]) else {
                     return Err(shape(sender, iface, name));
                 };
                 let fd = fds.pop().ok_or_else(|| shape(sender, iface, name))?;
-                let res = self.create_pool(sender, id(*pool), fd, *size)?;
+                let res = self.create_pool(sender, id(m.pool), fd, m.size)?;
                 self.sendq.ids.push(SendId::Blob(res));
             }
             ("wl_shm_pool", op::POOL_CREATE_BUFFER) => {
-                let [
-                    Arg::NewId(buffer),
-                    Arg::Int(offset),
-                    Arg::Int(width),
-                    Arg::Int(height),
-                    Arg::Int(stride),
-                    Arg::Uint(format),
-                ] = args
-                else {
-                    return Err(shape(sender, iface, name));
-                };
-                self.create_shm_buffer(
-                    sender,
-                    id(*buffer),
-                    *offset,
-                    (*width, *height),
-                    *stride,
-                    *format,
-                )?;
+                let m = CreateBuffer::parse(args).ok_or_else(|| shape(sender, iface, name))?;
+                let size = (m.width, m.height);
+                self.create_shm_buffer(sender, id(m.buffer), m.offset, size, m.stride, m.format)?;
             }
             ("wl_shm_pool", op::POOL_RESIZE) => {
                 let [Arg::Int(size)] = args else {
@@ -508,16 +495,14 @@ impl<D: VirtGpu> Session<D> {
                 self.surface(sender)?.pending = Some(buffer.map(id));
             }
             ("wl_surface", op::SURFACE_DAMAGE) => {
-                let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
-                    return Err(shape(sender, iface, name));
-                };
-                self.surface(sender)?.damage.damage_surface(*x, *y, *w, *h);
+                let r = Rect4::parse(args).ok_or_else(|| shape(sender, iface, name))?;
+                let damage = &mut self.surface(sender)?.damage;
+                damage.damage_surface(r.x, r.y, r.width, r.height);
             }
             ("wl_surface", op::SURFACE_DAMAGE_BUFFER) => {
-                let [Arg::Int(x), Arg::Int(y), Arg::Int(w), Arg::Int(h)] = args else {
-                    return Err(shape(sender, iface, name));
-                };
-                self.surface(sender)?.damage.damage_buffer(*x, *y, *w, *h);
+                let r = Rect4::parse(args).ok_or_else(|| shape(sender, iface, name))?;
+                let damage = &mut self.surface(sender)?.damage;
+                damage.damage_buffer(r.x, r.y, r.width, r.height);
             }
             ("wl_surface", op::SURFACE_SET_BUFFER_TRANSFORM) => {
                 let [Arg::Int(t)] = args else {
@@ -598,17 +583,7 @@ impl<D: VirtGpu> Session<D> {
                 }
             }
             ("zwp_linux_buffer_params_v1", op::PARAMS_ADD) => {
-                let [
-                    Arg::Fd,
-                    Arg::Uint(plane),
-                    Arg::Uint(offset),
-                    Arg::Uint(stride),
-                    Arg::Uint(hi),
-                    Arg::Uint(lo),
-                ] = args
-                else {
-                    return Err(shape(sender, iface, name));
-                };
+                let m = ParamsAdd::parse(args).ok_or_else(|| shape(sender, iface, name))?;
                 let fd = fds.pop().ok_or_else(|| shape(sender, iface, name))?;
                 if self.plane_fds >= self.config.limits.max_plane_fds {
                     return Err(client_err(
@@ -632,23 +607,18 @@ impl<D: VirtGpu> Session<D> {
                 self.plane_fds += 1;
                 planes.push(Plane {
                     fd,
-                    plane: *plane,
-                    offset: *offset,
-                    stride: *stride,
-                    modifier: (u64::from(*hi) << 32) | u64::from(*lo),
+                    plane: m.plane,
+                    offset: m.offset,
+                    stride: m.stride,
+                    modifier: m.modifier,
                 });
                 // Held back: sent with `create`, once the buffer's size and format are known.
                 forward = false;
             }
             ("zwp_linux_buffer_params_v1", op::PARAMS_CREATE | op::PARAMS_CREATE_IMMED) => {
-                let (buffer, rest) = match args {
-                    [Arg::NewId(b), rest @ ..] => (Some(id(*b)), rest),
-                    rest => (None, rest),
-                };
-                let [Arg::Int(w), Arg::Int(h), Arg::Uint(format), Arg::Uint(_)] = rest else {
-                    return Err(shape(sender, iface, name));
-                };
-                self.create_dmabuf(sender, buffer, (*w, *h), *format)?;
+                let m = ParamsCreate::parse(args).ok_or_else(|| shape(sender, iface, name))?;
+                let buffer = m.buffer.map(id);
+                self.create_dmabuf(sender, buffer, (m.width, m.height), m.format)?;
             }
             ("zwp_linux_buffer_params_v1", op::PARAMS_DESTROY) => {
                 self.take_params(sender);
@@ -716,19 +686,19 @@ impl<D: VirtGpu> Session<D> {
         let mut fds: Vec<OwnedFd> = Vec::new();
         match (iface, msg.header.opcode) {
             ("wl_registry", op::REGISTRY_GLOBAL) => {
-                let [Arg::Uint(g), Arg::Str(Some(interface)), Arg::Uint(version)] = args else {
+                let Some(g) = Global::parse(args) else {
                     return Err(host_err("wl_registry.global with unexpected arguments"));
                 };
-                match cap_global(interface, *version) {
+                match cap_global(g.interface, g.version) {
                     None => forward = false,
-                    Some(v) if v == *version => {}
+                    Some(v) if v == g.version => {}
                     Some(v) => {
                         let mut b = Vec::new();
                         wire::encode_unchecked(
                             &mut b,
                             msg.header.object,
                             msg.header.opcode,
-                            &[Arg::Uint(*g), Arg::Str(Some(interface)), Arg::Uint(v)],
+                            &[Arg::Uint(g.name), Arg::Str(Some(g.interface)), Arg::Uint(v)],
                         )
                         .map_err(|e| host_err(e.to_string()))?;
                         rewritten = Some(b);
