@@ -239,13 +239,17 @@ enum ObjectData {
     /// Nothing (most objects).
     #[default]
     None,
-    /// A `wl_surface`'s damage and buffers.
-    Surface(Surface),
+    /// A `wl_surface`'s damage and buffers (boxed: every id's slot is as large as the largest
+    /// variant, and the map may hold 4 ids per allowed object).
+    Surface(Box<Surface>),
     /// A `wp_viewport`: the surface it was made for (`None` once that surface is destroyed).
     Viewport(Option<u32>),
     /// A `zwp_linux_dmabuf_feedback_v1`'s format table translation.
-    Feedback(FeedbackState),
+    Feedback(Box<FeedbackState>),
 }
+
+// An id's slot stays small whatever the data (the README's limits table counts on it).
+const _: () = assert!(ObjectMap::<ObjectData>::SLOT_BYTES <= 32);
 
 /// The session's data of the live object `object` (a raw id from a message).
 fn data_mut(map: &mut ObjectMap<ObjectData>, object: u32) -> Option<&mut ObjectData> {
@@ -256,7 +260,7 @@ fn data_mut(map: &mut ObjectMap<ObjectData>, object: u32) -> Option<&mut ObjectD
 fn surface_in(map: &mut ObjectMap<ObjectData>, surface: u32) -> Option<&mut Surface> {
     let data = data_mut(map, surface)?;
     if matches!(data, ObjectData::None) {
-        *data = ObjectData::Surface(Surface::default());
+        *data = ObjectData::Surface(Box::default());
     }
     match data {
         ObjectData::Surface(s) => Some(s),
@@ -731,7 +735,7 @@ impl<D: VirtGpu> Session<D> {
                 let table = self.item_bytes(item)?;
                 let (fd, size, map) = guest_format_table(&table)?;
                 if let Some(data) = data_mut(&mut self.map, sender) {
-                    *data = ObjectData::Feedback(FeedbackState { map });
+                    *data = ObjectData::Feedback(Box::new(FeedbackState { map }));
                 }
                 let mut b = Vec::new();
                 wire::encode_unchecked(
