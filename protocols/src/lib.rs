@@ -16,7 +16,7 @@
 //! - [`stream`]: one direction of a connection: partial messages, fds waiting for their
 //!   message, limits, and framing each whole message for the relay's handler.
 //! - [`opcodes`]: the opcodes the relays dispatch on; [`codes`]: the error codes they send.
-//! - [`format`]: bytes per pixel of the formats a relay copies.
+//! - [`mod@format`]: bytes per pixel of the formats a relay copies.
 //! - [`cross_domain`]: the virtio-gpu cross-domain context's structs and command decoder.
 //! - [`dmabuf`]: linux-dmabuf format tables, tranches and preference lists.
 //! - [`damage`]: which bytes of a buffer changed (surface and buffer damage through viewport,
