@@ -13,6 +13,8 @@
 //! - [`tables`]: every interface the `wayland-protocols*` crates describe, by name.
 //! - [`objects`]: a connection's object map (ids, interfaces, versions, lifetimes, and the data
 //!   a relay keeps per object).
+//! - [`translate`]: object-id translation between a client connection and its server
+//!   connection, for a relay that creates objects of its own.
 //! - [`stream`]: one direction of a connection: partial messages, fds waiting for their
 //!   message, limits, and framing each whole message for the relay's handler.
 //! - [`opcodes`]: the opcodes the relays dispatch on; [`codes`]: the error codes they send.
@@ -37,6 +39,7 @@ pub mod objects;
 pub mod opcodes;
 pub mod stream;
 pub mod tables;
+pub mod translate;
 pub mod virtgpu;
 pub mod wire;
 

@@ -328,6 +328,15 @@ impl<D: Default> ObjectMap<D> {
         }
     }
 
+    /// The object `id` names, live or destroyed and awaiting `delete_id` (then `true`).
+    pub fn lookup(&self, id: ObjectId) -> Option<(Object, bool)> {
+        match self.slot(id) {
+            Some(Slot::Alive(o, _)) => Some((*o, false)),
+            Some(Slot::Zombie(o)) => Some((*o, true)),
+            _ => None,
+        }
+    }
+
     /// Creates an object allocated by `side`.
     pub fn insert(
         &mut self,

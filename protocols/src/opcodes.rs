@@ -25,6 +25,7 @@ opcodes! {
     REGISTRY_GLOBAL_REMOVE = "wl_registry" Event "global_remove" 1;
     /// `wl_shm.create_pool`
     SHM_CREATE_POOL = "wl_shm" Request "create_pool" 0;
+    SHM_RELEASE = "wl_shm" Request "release" 1;
     /// `wl_shm_pool.create_buffer`
     POOL_CREATE_BUFFER = "wl_shm_pool" Request "create_buffer" 0;
     /// `wl_shm_pool.destroy`
