@@ -3,18 +3,18 @@
 
 use super::*;
 
+/// `zwp_linux_buffer_params_v1.add` on the host's `params`.
 pub(super) fn add_plane_message(
     out: &mut Vec<u8>,
-    params: u32,
+    params: ObjectId,
     p: &Plane,
     offset: u32,
     stride: u32,
     modifier: u64,
 ) -> Result<(), SessionError> {
-    let obj = ObjectId::new(params).ok_or_else(|| host_err("params id 0"))?;
     wire::encode_unchecked(
         out,
-        obj,
+        params,
         1, // zwp_linux_buffer_params_v1.add
         &[
             Arg::Fd,
@@ -120,6 +120,9 @@ impl<D: VirtGpu> Session<D> {
         (width, height): (i32, i32),
         format: u32,
     ) -> Result<(), SessionError> {
+        let params_server = ObjectId::new(params)
+            .and_then(|p| self.ids.to_server(p))
+            .ok_or_else(|| client_err(params, code::INVALID_OBJECT, "params not on the host"))?;
         let planes = self.take_params(params);
         if planes.is_empty() {
             // The host answers with its own error (incomplete).
@@ -145,7 +148,7 @@ impl<D: VirtGpu> Session<D> {
             for (p, res) in planes.iter().zip(&resources) {
                 add_plane_message(
                     &mut self.sendq.bytes,
-                    params,
+                    params_server,
                     p,
                     p.offset,
                     p.stride,
@@ -243,7 +246,14 @@ impl<D: VirtGpu> Session<D> {
             (b, Some(l), req.offsets[0], req.strides[0], req.modifier)
         };
         let (bo, res) = self.add_blob(blob);
-        add_plane_message(&mut self.sendq.bytes, params, p, offset, stride, modifier)?;
+        add_plane_message(
+            &mut self.sendq.bytes,
+            params_server,
+            p,
+            offset,
+            stride,
+            modifier,
+        )?;
         self.sendq.ids.push(SendId::Blob(res));
         AgentStats::add(&self.stats.dmabufs_copied, 1);
         let copied = CopiedBuffer {

@@ -49,7 +49,8 @@ use crossway_protocols::messages::{
 use crossway_protocols::objects::ObjectMap;
 use crossway_protocols::opcodes as op;
 use crossway_protocols::stream::{FdQueue, MessageStream, StreamError, StreamLimits};
-use crossway_protocols::tables::ProtocolTable;
+use crossway_protocols::tables::{Direction, ProtocolTable, message_desc};
+use crossway_protocols::translate::{IdTranslation, ServerSide, TranslateError, rewrite_ids};
 use crossway_protocols::virtgpu::{VirtGpu, VirtGpuMapping};
 use crossway_protocols::wire::{self, Arg, Message, ObjectId};
 
@@ -117,6 +118,9 @@ pub struct SessionLimits {
     /// Largest host blob item turned into a guest memfd (keymaps, format tables): each is
     /// read into memory whole.
     pub max_item_bytes: u32,
+    /// Most host objects of the agent's own (pools replaced by a resize and awaiting the
+    /// host's `delete_id`, a released `wl_shm` kept for its pools).
+    pub max_private_objects: usize,
 }
 
 impl Default for SessionLimits {
@@ -134,6 +138,7 @@ impl Default for SessionLimits {
             max_client_queue: 8 << 20,
             max_pipe_queue: 4 << 20,
             max_item_bytes: 16 << 20,
+            max_private_objects: 256,
         }
     }
 }
@@ -197,6 +202,9 @@ struct SharedBlob<M> {
 }
 
 struct Pool {
+    /// The host's `wl_shm` it was made with (host id), for the pool that replaces it when a
+    /// resize outgrows the blob.
+    shm: ObjectId,
     /// The client's memory.
     file: Rc<File>,
     /// Bytes of the pool as the client sized it.
@@ -301,6 +309,10 @@ pub struct Session<D: VirtGpu> {
     config: Arc<SessionConfig>,
     stats: Arc<AgentStats>,
     map: ObjectMap<ObjectData>,
+    /// Client ids ↔ host ids: the agent creates host objects the client never sees.
+    ids: IdTranslation,
+    /// An event being translated to the client's ids (kept to reuse its allocation).
+    scratch: Vec<u8>,
     /// Client → host: partial request, fds waiting for their request.
     client: MessageStream<OwnedFd>,
     /// Host → client: partial event, items waiting for their event.
@@ -360,11 +372,16 @@ impl<D: VirtGpu> Session<D> {
             max_pending_bytes: config.limits.max_pending_bytes,
             max_pending_fds: config.limits.max_pending_fds,
         };
+        let map = ObjectMap::new(max_objects);
+        let private = config.limits.max_private_objects;
+        let ids = IdTranslation::new(map.max_ids().saturating_add(private), private);
         Session {
             ch,
             config,
             stats,
-            map: ObjectMap::new(max_objects),
+            map,
+            ids,
+            scratch: Vec::new(),
             client: MessageStream::new(limits),
             host: MessageStream::new(limits),
             blobs: HashMap::new(),
@@ -472,7 +489,8 @@ impl<D: VirtGpu> Session<D> {
                     return Err(shape(sender, iface, name));
                 };
                 let fd = fds.pop().ok_or_else(|| shape(sender, iface, name))?;
-                let res = self.create_pool(sender, id(m.pool), fd, m.size)?;
+                let shm = self.server_id(msg.header.object)?;
+                let res = self.create_pool(shm, sender, id(m.pool), fd, m.size)?;
                 self.sendq.ids.push(SendId::Blob(res));
             }
             ("wl_shm_pool", op::POOL_CREATE_BUFFER) => {
@@ -484,7 +502,10 @@ impl<D: VirtGpu> Session<D> {
                 let [Arg::Int(size)] = args else {
                     return Err(shape(sender, iface, name));
                 };
-                self.resize_pool(sender, *size)?;
+                forward = self.resize_pool(sender, *size)?;
+            }
+            ("wl_shm", op::SHM_RELEASE) => {
+                forward = !self.keep_released_shm(msg.header.object, p.version)?;
             }
             ("wl_shm_pool", op::POOL_DESTROY) => {
                 if let Some(pool) = self.pools.remove(&sender) {
@@ -643,9 +664,78 @@ impl<D: VirtGpu> Session<D> {
             }
         }
         if forward {
-            self.sendq.bytes.extend_from_slice(raw);
+            self.forward_request(raw, msg.header.object, args)?;
         }
         Ok(())
+    }
+
+    /// The host id of the client's object `object`.
+    fn server_id(&self, object: ObjectId) -> Result<ObjectId, SessionError> {
+        self.ids.to_server(object).ok_or_else(|| {
+            client_err(
+                object.get(),
+                code::INVALID_OBJECT,
+                "object has no object on the host",
+            )
+        })
+    }
+
+    /// Queues the request `raw` from `sender` for the host, in the host's ids: new ids get one
+    /// of the host connection's, object arguments theirs.
+    fn forward_request(
+        &mut self,
+        raw: &[u8],
+        sender: ObjectId,
+        args: &[Arg<'_>],
+    ) -> Result<(), SessionError> {
+        let server = self.server_id(sender)?;
+        let at = self.sendq.bytes.len();
+        self.sendq.bytes.extend_from_slice(raw);
+        let ids = &mut self.ids;
+        rewrite_ids(
+            &mut self.sendq.bytes[at..],
+            server,
+            args,
+            |arg, id| match arg {
+                Arg::NewId(_) => ids.bind_new(id).map(ObjectId::get),
+                _ => (ids.to_server(id).map(ObjectId::get)).ok_or(TranslateError::Unmapped(id)),
+            },
+        )
+        .map_err(|e| {
+            let c = match e {
+                TranslateError::Exhausted(_) | TranslateError::TooManyPrivate(_) => code::NO_MEMORY,
+                _ => code::INVALID_OBJECT,
+            };
+            client_err(sender.get(), c, e.to_string())
+        })
+    }
+
+    /// `wl_shm.release` of `shm` (destroyed in the client's map): when pools made with it are
+    /// alive, the host object stays, as the agent's own, so that a resize can still make a pool
+    /// with it; the client is told its id is free. Returns whether it was kept.
+    fn keep_released_shm(&mut self, shm: ObjectId, version: u32) -> Result<bool, SessionError> {
+        let server = self.server_id(shm)?;
+        if !self.pools.values().any(|p| p.shm == server) {
+            return Ok(false);
+        }
+        let Some(iface) = ProtocolTable::builtin().get("wl_shm") else {
+            return Ok(false);
+        };
+        if self.ids.detach(shm, iface, version).is_err() {
+            // Over the private-object limit: released, and a later resize will say so.
+            return Ok(false);
+        }
+        // The host will not send this id's delete_id: the agent does.
+        let _ = self.map.delete_id(shm.get());
+        let args = [Arg::Uint(shm.get())];
+        wire::encode_unchecked(
+            &mut self.to_client.bytes,
+            ObjectId::DISPLAY,
+            op::DISPLAY_DELETE_ID,
+            &args,
+        )
+        .map_err(|e| host_err(e.to_string()))?;
+        Ok(true)
     }
 
     /// Relays a RECEIVE from the host: Wayland bytes (maybe partial) and the items standing
@@ -670,7 +760,103 @@ impl<D: VirtGpu> Session<D> {
         Ok(())
     }
 
+    /// Relays one event: translated to the client's ids, then [`Self::client_event`]. Events
+    /// for the agent's own host objects end here.
     fn host_message(
+        &mut self,
+        raw: &[u8],
+        msg: &Message<'_>,
+        queue: &mut FdQueue<HostItem>,
+    ) -> Result<(), SessionError> {
+        let object = match self.ids.to_client(msg.header.object) {
+            ServerSide::Client(c) => c,
+            ServerSide::Private(interface, version) => {
+                let desc = message_desc(interface, Direction::Event, msg.header.opcode, version)
+                    .map_err(|e| host_err(e.to_string()))?;
+                let args = msg
+                    .decode(desc.signature, queue.len())
+                    .map_err(|e| host_err(e.to_string()))?;
+                // Nothing the agent makes has events it needs: drop it with its items.
+                drop(queue.take(args.fd_count()));
+                return Ok(());
+            }
+            ServerSide::Unknown => {
+                return Err(host_err(format!(
+                    "event for object {}, which the agent did not create",
+                    msg.header.object
+                )));
+            }
+        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.extend_from_slice(raw);
+        let r = match self.event_to_client(&mut scratch, object, msg, queue.len()) {
+            Ok(true) => Message::parse(&scratch)
+                .map_err(|e| host_err(e.to_string()))
+                .and_then(|m| self.client_event(&scratch, &m, queue)),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        };
+        self.scratch = scratch;
+        r
+    }
+
+    /// Rewrites the event in `bytes` (a copy of `msg`) from host ids to the client's, its sender
+    /// being the client's `object`. Returns `false` for an event that is the agent's alone (the
+    /// `delete_id` of one of its own objects).
+    fn event_to_client(
+        &mut self,
+        bytes: &mut [u8],
+        object: ObjectId,
+        msg: &Message<'_>,
+        fds: usize,
+    ) -> Result<bool, SessionError> {
+        let (sender, _) = self.map.lookup(object).ok_or_else(|| {
+            host_err(format!(
+                "event for object {object}, which the client does not have"
+            ))
+        })?;
+        let desc = message_desc(
+            sender.interface,
+            Direction::Event,
+            msg.header.opcode,
+            sender.version,
+        )
+        .map_err(|e| host_err(e.to_string()))?;
+        let args = msg
+            .decode(desc.signature, fds)
+            .map_err(|e| host_err(format!("{}.{}: {e}", sender.interface.name, desc.name)))?;
+        if object == ObjectId::DISPLAY && msg.header.opcode == op::DISPLAY_DELETE_ID {
+            let [Arg::Uint(deleted)] = args.as_slice() else {
+                return Err(host_err("delete_id with unexpected arguments"));
+            };
+            let Some(client) =
+                (self.ids.server_deleted(*deleted)).map_err(|e| host_err(e.to_string()))?
+            else {
+                return Ok(false);
+            };
+            let at = wire::HEADER_SIZE;
+            if let Some(w) = bytes.get_mut(at..at + 4) {
+                w.copy_from_slice(&client.get().to_ne_bytes());
+            }
+            return Ok(true);
+        }
+        let ids = &self.ids;
+        rewrite_ids(bytes, object, args.as_slice(), |arg, id| {
+            match (arg, ids.to_client(id)) {
+                // The host's own new objects keep their ids (server range, checked by the map).
+                (Arg::NewId(_), _) => Ok(id.get()),
+                (_, ServerSide::Client(c)) => Ok(c.get()),
+                _ => Err(host_err(format!(
+                    "{}.{} names object {id}, which the client does not have",
+                    sender.interface.name, desc.name
+                ))),
+            }
+        })?;
+        Ok(true)
+    }
+
+    fn client_event(
         &mut self,
         raw: &[u8],
         msg: &Message<'_>,

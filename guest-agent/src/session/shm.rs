@@ -36,6 +36,7 @@ impl<D: VirtGpu> Session<D> {
     /// libwayland-server does (invalid_stride for the size, invalid_fd for the file).
     pub(super) fn create_pool(
         &mut self,
+        shm_server: ObjectId,
         shm: u32,
         pool: u32,
         fd: OwnedFd,
@@ -78,6 +79,7 @@ impl<D: VirtGpu> Session<D> {
         self.pools.insert(
             pool,
             Pool {
+                shm: shm_server,
                 file: Rc::new(file),
                 size,
                 bo,
@@ -113,34 +115,118 @@ impl<D: VirtGpu> Session<D> {
         Ok(())
     }
 
-    pub(super) fn resize_pool(&mut self, pool: u32, size: i32) -> Result<(), SessionError> {
-        let Some(p) = self.pools.get_mut(&pool) else {
-            return Ok(());
+    /// `wl_shm_pool.resize` of `pool`, with libwayland-server's checks (a pool only grows,
+    /// over a file that long). Within the blob behind the pool, the resize goes to the host
+    /// (returns `true`). Past it, a larger blob and a new host pool on it take the client's
+    /// pool's place: buffers made from now on are made from the new pool, while earlier ones
+    /// keep the old blob until they are destroyed; the old host pool is destroyed (its buffers
+    /// live on, as `wl_shm_pool.destroy` says) and the resize itself is not forwarded.
+    pub(super) fn resize_pool(&mut self, pool: u32, size: i32) -> Result<bool, SessionError> {
+        const INVALID_STRIDE: u32 = 1;
+        const INVALID_FD: u32 = 2;
+        let Some(p) = self.pools.get(&pool) else {
+            return Err(client_err(pool, code::INVALID_OBJECT, "unknown pool"));
         };
-        let size = u64::try_from(size).unwrap_or(0);
-        let capacity = self.blobs.get(&p.bo).map_or(0, |b| b.blob.size);
+        let max = self.config.limits.max_pool_bytes;
+        let size = u64::try_from(size)
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| client_err(pool, INVALID_STRIDE, format!("invalid size ({size})")))?;
         if size < p.size {
-            return Err(client_err(pool, 2, "wl_shm_pool.resize cannot shrink"));
+            return Err(client_err(pool, INVALID_FD, "shrinking pool invalid"));
         }
-        if size > capacity {
+        if size > max {
             return Err(client_err(
                 pool,
-                code::IMPLEMENTATION,
-                format!(
-                    "wl_shm_pool.resize to {size} bytes: crossway-agent backs a pool with a \
-                     blob of fixed size ({capacity}); create a new pool instead"
-                ),
+                INVALID_STRIDE,
+                format!("pool size {size} is over the limit of {max} bytes"),
             ));
         }
         let actual = p.file.metadata().map(|m| m.len()).unwrap_or(0);
         if actual < size {
             return Err(client_err(
                 pool,
-                2,
+                INVALID_FD,
                 format!("pool resized to {size} bytes on a file of {actual}"),
             ));
         }
-        p.size = size;
+        let capacity = self.blobs.get(&p.bo).map_or(0, |b| b.blob.size);
+        if size <= capacity {
+            if let Some(p) = self.pools.get_mut(&pool) {
+                p.size = size;
+            }
+            return Ok(true);
+        }
+        self.replace_pool(pool, size)?;
+        Ok(false)
+    }
+
+    /// Puts a new host pool on a blob of `size` bytes behind the client's `pool`.
+    fn replace_pool(&mut self, pool: u32, size: u64) -> Result<(), SessionError> {
+        let client_pool =
+            ObjectId::new(pool).ok_or_else(|| client_err(1, code::INVALID_OBJECT, "pool id 0"))?;
+        let (shm, old_bo) = match self.pools.get(&pool) {
+            Some(p) => (p.shm, p.bo),
+            None => return Err(client_err(pool, code::INVALID_OBJECT, "unknown pool")),
+        };
+        let version = self.map.get(client_pool).map_or(1, |o| o.version);
+        let table = ProtocolTable::builtin();
+        let (Some(pool_iface), Some(shm_iface)) = (table.get("wl_shm_pool"), table.get("wl_shm"))
+        else {
+            return Err(host_err("wl_shm_pool is not in the protocol tables"));
+        };
+        // The pool's wl_shm, if still on the host (the client's, live, or kept by the agent
+        // after a release); its id may name another object by now.
+        let shm_alive = match self.ids.to_client(shm) {
+            ServerSide::Client(c) => self.map.get(c).is_ok_and(|o| o.interface.name == "wl_shm"),
+            ServerSide::Private(i, _) => i.name == shm_iface.name,
+            ServerSide::Unknown => false,
+        };
+        if !shm_alive {
+            return Err(client_err(
+                pool,
+                code::IMPLEMENTATION,
+                "the pool's wl_shm was released, so the pool cannot grow past its blob",
+            ));
+        }
+        // The old blob stays held by the buffers made from it.
+        let held = self.blobs.get(&old_bo).map_or(0, |b| b.blob.size);
+        self.check_pools(pool, size.saturating_sub(held))?;
+        let blob = self.pool_blob(size).map_err(|e| {
+            client_err(
+                pool,
+                code::NO_MEMORY,
+                format!("no blob for a pool grown to {size} bytes: {e}"),
+            )
+        })?;
+        let new_server = self
+            .ids
+            .new_private(pool_iface, version)
+            .map_err(|e| client_err(pool, code::NO_MEMORY, e.to_string()))?;
+        let old_server = self.server_id(client_pool)?;
+        let (bo, res) = self.add_blob(blob);
+        // Both the host's pool and the client's are sized `size`; the blob may be larger.
+        let size_arg = i32::try_from(size).map_err(|_| client_err(pool, 1, "size"))?;
+        let q = &mut self.sendq;
+        wire::encode_unchecked(
+            &mut q.bytes,
+            shm,
+            op::SHM_CREATE_POOL,
+            &[Arg::NewId(new_server), Arg::Fd, Arg::Int(size_arg)],
+        )
+        .map_err(|e| host_err(e.to_string()))?;
+        q.ids.push(SendId::Blob(res));
+        wire::encode_unchecked(&mut q.bytes, old_server, op::POOL_DESTROY, &[])
+            .map_err(|e| host_err(e.to_string()))?;
+        self.ids
+            .rebind(client_pool, new_server, pool_iface, version)
+            .map_err(|e| host_err(e.to_string()))?;
+        if let Some(p) = self.pools.get_mut(&pool) {
+            p.bo = bo;
+            p.size = size;
+        }
+        self.unref_blob(old_bo);
+        AgentStats::add(&self.stats.pools_regrown, 1);
         Ok(())
     }
 

@@ -36,6 +36,8 @@ pub struct AgentStats {
     pub host_items: AtomicU64,
     /// Bytes through clipboard and drag-and-drop pipes, both ways.
     pub pipe_bytes: AtomicU64,
+    /// `wl_shm_pool.resize`s past the pool's blob, each a new blob and host pool.
+    pub pools_regrown: AtomicU64,
 }
 
 impl AgentStats {
@@ -66,7 +68,8 @@ mod tests {
             \"messages_to_host\": 0,\n  \"messages_to_guest\": 0,\n  \"bytes_to_host\": 0,\n  \
             \"bytes_to_guest\": 0,\n  \"sends\": 0,\n  \"frames\": 0,\n  \"damaged_bytes\": 0,\n  \
             \"bytes_copied\": 0,\n  \"shm_pools\": 0,\n  \"dmabufs_forwarded\": 0,\n  \
-            \"dmabufs_copied\": 0,\n  \"host_items\": 0,\n  \"pipe_bytes\": 1099511627776\n}\n";
+            \"dmabufs_copied\": 0,\n  \"host_items\": 0,\n  \"pipe_bytes\": 1099511627776,\n  \
+            \"pools_regrown\": 0\n}\n";
         assert_eq!(stats.to_json(), expected);
     }
 }

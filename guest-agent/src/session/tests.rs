@@ -706,3 +706,160 @@ fn blob_bytes_of_a_client_are_bounded_before_a_blob_is_made() {
     );
     assert_eq!(s.channel().device().blobs.len(), made);
 }
+
+/// `shm_surface`'s pool (5) grown to `size` over a file of that size; the mock host's images
+/// are made large enough for it.
+fn grow_pool(s: &mut Session<Mock>, size: i32) -> Result<(), SessionError> {
+    s.channel().device().image_reply.size.set(size as u64);
+    s.client_input(&msg(5, 2, &[Arg::Int(size)]), vec![])
+}
+
+fn client_events(s: &mut Session<Mock>) -> Vec<(u32, u16, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut rest = &std::mem::take(&mut s.to_client.bytes)[..];
+    while let Some(m) = wire::next_message(rest).unwrap() {
+        out.push((m.header.object.get(), m.header.opcode, m.body.to_vec()));
+        rest = &rest[m.len()..];
+    }
+    out
+}
+
+#[test]
+fn a_resize_within_the_blob_goes_to_the_host() {
+    let mut s = session();
+    let pool = memfd(64 * 64 * 4);
+    shm_surface_in(&mut s, pool.try_clone().unwrap());
+    // The mock's images are 16384 bytes: the pool's blob holds 16384.
+    s.client_input(&msg(5, 2, &[Arg::Int(64 * 64 * 4)]), vec![])
+        .unwrap();
+    let sent = sends(&mut s);
+    assert_eq!(sent.last().unwrap().1, msg(5, 2, &[Arg::Int(64 * 64 * 4)]));
+}
+
+#[test]
+fn a_resize_past_the_blob_puts_a_new_host_pool_behind_the_clients() {
+    let mut s = session();
+    let pool = memfd(64 * 64 * 4);
+    shm_surface_in(&mut s, pool.try_clone().unwrap());
+    rustix::fs::ftruncate(&pool, 65536).unwrap();
+    let blobs_before = s.channel().device().blobs.len();
+    grow_pool(&mut s, 65536).unwrap();
+    // A new blob, a host pool on it (host id 8: the client's ids stop at 7), the old host pool
+    // destroyed; the resize itself is not sent.
+    assert_eq!(s.channel().device().blobs.len(), blobs_before + 1);
+    let (ids, data) = sends(&mut s).pop().unwrap();
+    assert_eq!(ids.len(), 1);
+    let mut want = msg(4, 0, &[new_id(8), Arg::Fd, Arg::Int(65536)]);
+    want.extend(msg(5, 1, &[]));
+    assert_eq!(data, want);
+    assert_eq!(s.stats.pools_regrown.load(Ordering::Relaxed), 1);
+    // A buffer made now, in the grown part, is made from the new host pool with a host id of
+    // its own (the client's 8 is the host's 9).
+    let create = |id, offset| {
+        msg(
+            5,
+            0,
+            &[
+                new_id(id),
+                Arg::Int(offset),
+                Arg::Int(64),
+                Arg::Int(64),
+                Arg::Int(256),
+                Arg::Uint(0),
+            ],
+        )
+    };
+    s.client_input(&create(8, 16384), vec![]).unwrap();
+    let (_, data) = sends(&mut s).pop().unwrap();
+    let mut want = create(9, 16384);
+    want[..4].copy_from_slice(&8u32.to_ne_bytes());
+    assert_eq!(data, want);
+    // Both buffers show: the old one still copies into the old blob.
+    let mut show = msg(7, 1, &[obj(6), Arg::Int(0), Arg::Int(0)]);
+    show.extend(msg(7, 6, &[]));
+    show.extend(msg(7, 1, &[obj(8), Arg::Int(0), Arg::Int(0)]));
+    show.extend(msg(7, 6, &[]));
+    s.client_input(&show, vec![]).unwrap();
+    assert_eq!(s.stats.bytes_copied.load(Ordering::Relaxed), 2 * 16384);
+    // Host events come back in the client's ids: release of host buffer 9 is buffer 8's.
+    let mut events = msg(9, 0, &[]);
+    // The host's delete_id of its old pool (5) is the agent's alone.
+    events.extend(msg(1, 1, &[Arg::Uint(5)]));
+    s.host_input(&events, vec![]).unwrap();
+    assert_eq!(client_events(&mut s), vec![(8, 0, vec![])]);
+    // The client destroys its pool: the host's pool 8 goes, and its delete_id is the client's 5.
+    s.client_input(&msg(5, 1, &[]), vec![]).unwrap();
+    assert_eq!(sends(&mut s).pop().unwrap().1, msg(8, 1, &[]));
+    s.host_input(&msg(1, 1, &[Arg::Uint(8)]), vec![]).unwrap();
+    assert_eq!(
+        client_events(&mut s),
+        vec![(1, 1, 5u32.to_ne_bytes().to_vec())]
+    );
+    // Host ids 5 and 8 are free again; the last freed goes first, as in libwayland.
+    s.client_input(&msg(3, 0, &[new_id(5)]), vec![]).unwrap();
+    assert_eq!(sends(&mut s).pop().unwrap().1, msg(3, 0, &[new_id(8)]));
+    s.client_input(&msg(3, 0, &[new_id(9)]), vec![]).unwrap();
+    assert_eq!(sends(&mut s).pop().unwrap().1, msg(3, 0, &[new_id(5)]));
+}
+
+#[test]
+fn bad_resizes_are_the_pools_errors() {
+    for (size, file, code, text) in [
+        (4096, 16384, 2, "shrinking"),
+        (-5, 16384, 1, "invalid size"),
+        (0, 16384, 1, "invalid size"),
+        (i32::MAX, 16384, 1, "over the limit"),
+        (65536, 16384, 2, "on a file of 16384"),
+    ] {
+        let mut s = session();
+        let pool = memfd(file);
+        shm_surface_in(&mut s, pool);
+        let e = grow_pool(&mut s, size).unwrap_err();
+        assert!(
+            matches!(&e, SessionError::Client { object: 5, code: c, message } if *c == code && message.contains(text)),
+            "{size}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_released_shm_is_kept_for_its_pools_and_its_id_freed() {
+    let mut s = session();
+    let pool = memfd(64 * 64 * 4);
+    // wl_shm version 2 has release.
+    let mut stream = binds(&[(c"wl_compositor", 4, 3), (c"wl_shm", 2, 4)]);
+    stream.extend(msg(4, 0, &[new_id(5), Arg::Fd, Arg::Int(16384)]));
+    stream.extend(msg(4, 1, &[]));
+    s.client_input(&stream, vec![pool.try_clone().unwrap()])
+        .unwrap();
+    // The release did not reach the host, and the client got its delete_id from the agent.
+    assert!(!sends(&mut s).pop().unwrap().1.ends_with(&msg(4, 1, &[])));
+    assert_eq!(
+        client_events(&mut s),
+        vec![(1, 1, 4u32.to_ne_bytes().to_vec())]
+    );
+    // The pool still grows, through the kept wl_shm (host id 4).
+    rustix::fs::ftruncate(&pool, 65536).unwrap();
+    grow_pool(&mut s, 65536).unwrap();
+    let (_, data) = sends(&mut s).pop().unwrap();
+    assert!(data.starts_with(&msg(4, 0, &[new_id(6), Arg::Fd, Arg::Int(65536)])));
+    // The client's id 4 is free: a new object with it gets a host id of its own.
+    s.client_input(&msg(1, 1, &[new_id(4)]), vec![]).unwrap();
+    assert_eq!(sends(&mut s).pop().unwrap().1, msg(1, 1, &[new_id(7)]));
+}
+
+#[test]
+fn host_events_naming_objects_the_client_lacks_are_host_errors() {
+    let mut s = session();
+    shm_surface(&mut s);
+    // An event for an id the agent never gave the host.
+    let e = s.host_input(&msg(40, 0, &[]), vec![]).unwrap_err();
+    assert!(matches!(e, SessionError::Host(_)), "{e}");
+    // delete_id of an id the agent did not allocate.
+    let mut s = session();
+    shm_surface(&mut s);
+    let e = s
+        .host_input(&msg(1, 1, &[Arg::Uint(30)]), vec![])
+        .unwrap_err();
+    assert!(matches!(e, SessionError::Host(_)), "{e}");
+}
