@@ -218,6 +218,44 @@ both_hosts!(
     reference_shm_window_pixels_reach_the_host
 );
 
+/// libwayland-cursor's pattern: a pool made too small, grown with `wl_shm_pool.resize`, then
+/// a buffer in the grown part. The agent puts a new blob and host pool behind the client's pool
+/// (a guest blob with our proxy, a HOST3D image on the reference host) and the pixels arrive.
+fn grown_pool_window(backend: Backend) {
+    let rt = Runtime::new().unwrap();
+    let host = headless(&rt, "host-0").unwrap();
+    let client = test_client();
+    let app = [
+        client.to_str().unwrap(),
+        "--buffer",
+        "shm",
+        "--grow-pool",
+        "--width",
+        "96",
+        "--height",
+        "64",
+        "--title",
+        "grown-pool",
+        "--exit-after",
+        "4000",
+    ];
+    let chain = Chain::start(&rt, &host, backend, "agent-0", &app);
+    let title = chain.title("grown-pool");
+    let stats_path = chain.stats.clone();
+    check_window(&rt, &host, &title, (96, 64));
+    let (code, out, err) = chain.wait();
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let s = stats(&stats_path);
+    assert_eq!(s["pools_regrown"], json!(1), "{s}");
+    assert_eq!(s["clients_refused"], json!(0), "{s}");
+}
+
+both_hosts!(
+    grown_pool_window,
+    proxy_pool_grown_past_its_blob_shows_through_a_new_host_pool,
+    reference_pool_grown_past_its_blob_shows_through_a_new_host_pool
+);
+
 fn damage_limited_copy(backend: Backend) {
     let rt = Runtime::new().unwrap();
     let host = headless(&rt, "host-0").unwrap();

@@ -153,6 +153,10 @@ struct Args {
     /// 99th percentile.
     #[arg(long, value_name = "N", default_value_t = 0)]
     sync_rtt: u32,
+    /// Make each wl_shm pool half the buffer's size, then grow it with `wl_shm_pool.resize`
+    /// before the buffer is made (as libwayland-cursor does as it loads more cursors).
+    #[arg(long)]
+    grow_pool: bool,
 }
 
 impl Args {
@@ -258,7 +262,13 @@ fn run(args: &Args) -> Result<(), String> {
         let buffer = match args.buffer {
             BufferKind::Shm => {
                 let shm = state.shm.clone().ok_or("compositor lacks wl_shm")?;
-                let pool = shm.create_pool(storage.fd(), size as i32, &qh, ());
+                let pool = if args.grow_pool {
+                    let pool = shm.create_pool(storage.fd(), (size / 2) as i32, &qh, ());
+                    pool.resize(size as i32);
+                    pool
+                } else {
+                    shm.create_pool(storage.fd(), size as i32, &qh, ())
+                };
                 let buffer = pool.create_buffer(
                     args.offset as i32,
                     width as i32,
