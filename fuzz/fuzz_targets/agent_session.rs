@@ -17,6 +17,12 @@
 //!   with bit 0 clear and bit 6 set: bytes the client wrote into host write pipe `bytes[0]`.
 //!
 //! The first error ends the session, as the server does.
+//!
+//! The harness also plays the host compositor's object map: every request in a SEND must name
+//! only objects the host has, with new ids the host accepts (the agent translates between the
+//! client's ids and its own on the host connection, and must never let a client reach a host
+//! object it does not own). RECEIVEs update that map too; once one is not valid for it (a
+//! hostile host), the check stops for that input.
 
 #![no_main]
 
@@ -41,6 +47,8 @@ use crossway_protocols::virtgpu::{
     VirtGpuError, VirtGpuMapping, drm_virtgpu_context_set_param, drm_virtgpu_execbuffer,
     drm_virtgpu_resource_create_blob, drm_virtgpu_resource_info,
 };
+use crossway_protocols::objects::ObjectMap;
+use crossway_protocols::tables::ProtocolTable;
 use crossway_protocols::wire;
 use libfuzzer_sys::fuzz_target;
 use zerocopy::IntoBytes as _;
@@ -110,6 +118,12 @@ struct State {
     fill: Vec<u8>,
     /// The last image requirements asked, answered by the next execbuffer on the query ring.
     ring_handles: Vec<u32>,
+    /// The host compositor's view of the connection's objects.
+    host: ObjectMap,
+    /// Event bytes of a RECEIVE not yet framed into a whole message.
+    host_pending: Vec<u8>,
+    /// The fuzzed host sent an event the host map refuses: ids are no longer checked.
+    desynced: bool,
 }
 
 struct Mock {
@@ -200,12 +214,23 @@ impl VirtGpu for Mock {
 
     fn execbuffer(&mut self, eb: &drm_virtgpu_execbuffer<'_>) -> Result<(), VirtGpuError> {
         let (cmd, _) = decode_command(eb.command).expect("the agent encodes valid commands");
-        let st = self.state.borrow();
+        let mut st = self.state.borrow_mut();
         match cmd {
             Command::Send {
                 identifiers, data, ..
             } => {
                 assert!(data.len() <= CROSS_DOMAIN_MAX_SEND_RECEIVE_DATA);
+                if !st.desynced {
+                    let mut rest = &data[..];
+                    while let Some(m) = wire::next_message(rest).expect("SENDs frame") {
+                        let r = st.host.process_request(ProtocolTable::builtin(), &m, usize::MAX);
+                        if let Err(e) = r {
+                            panic!("the host would refuse the agent's request: {e}");
+                        }
+                        rest = &rest[m.len()..];
+                    }
+                    assert!(rest.is_empty(), "a SEND ends on a message boundary");
+                }
                 assert!(identifiers.len() <= CROSS_DOMAIN_MAX_IDENTIFIERS);
                 for i in &identifiers {
                     if i.id_type == CROSS_DOMAIN_ID_TYPE_VIRTGPU_BLOB {
@@ -348,6 +373,37 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
+/// The host compositor's map follows its own events; one it refuses desyncs the check.
+fn host_events(st: &mut State, bytes: &[u8]) {
+    if st.desynced {
+        return;
+    }
+    st.host_pending.extend_from_slice(bytes);
+    let pending = std::mem::take(&mut st.host_pending);
+    let mut rest = &pending[..];
+    loop {
+        match wire::next_message(rest) {
+            Ok(Some(m)) => {
+                if st
+                    .host
+                    .process_event(ProtocolTable::builtin(), &m, usize::MAX)
+                    .is_err()
+                {
+                    st.desynced = true;
+                    return;
+                }
+                rest = &rest[m.len()..];
+            }
+            Ok(None) => break,
+            Err(_) => {
+                st.desynced = true;
+                return;
+            }
+        }
+    }
+    st.host_pending = rest.to_vec();
+}
+
 fn check_to_client(bytes: &[u8], fds: &[usize]) {
     let mut last = 0;
     for at in fds {
@@ -434,6 +490,7 @@ fuzz_target!(|data: &[u8]| {
                     None => (chunk, chunk),
                 };
                 state.borrow_mut().fill = fill.to_vec();
+                host_events(&mut state.borrow_mut(), wayland);
                 let items = (0..count)
                     .map(|i| host_item(kind, n.wrapping_add(i)))
                     .collect();
