@@ -462,6 +462,21 @@ impl<D: Default> ObjectMap<D> {
         msg: &Message<'a>,
         fds_available: usize,
     ) -> Result<Processed<'a, D>, ObjectError> {
+        self.process_event_mapped(table, msg, fds_available, Some)
+    }
+
+    /// [`Self::process_event`] for a relay whose server connection has ids of its own
+    /// ([`crate::translate`]): `msg`'s sender (and a `delete_id`'s argument) is already the
+    /// client's id, and `map` turns each object argument, a server-side id, into the client's
+    /// (`None`: the client has no such object). The arguments returned are the client's.
+    #[inline]
+    pub fn process_event_mapped<'a>(
+        &mut self,
+        table: &ProtocolTable,
+        msg: &Message<'a>,
+        fds_available: usize,
+        mut map: impl FnMut(ObjectId) -> Option<ObjectId>,
+    ) -> Result<Processed<'a, D>, ObjectError> {
         let id = msg.header.object;
         let (sender, to_zombie) = match self.slot(id) {
             Some(Slot::Alive(o, _)) => (*o, false),
@@ -474,7 +489,13 @@ impl<D: Default> ObjectMap<D> {
             msg.header.opcode,
             sender.version,
         )?;
-        let args = self.decode(sender, desc, msg, fds_available)?;
+        let mut args = self.decode(sender, desc, msg, fds_available)?;
+        for (index, arg) in args.as_mut_slice().iter_mut().enumerate() {
+            if let Arg::Object(Some(id)) = *arg {
+                let mapped = map(id).ok_or(ObjectError::InvalidArgumentObject { index, id })?;
+                *arg = Arg::Object(Some(mapped));
+            }
+        }
         self.check_object_args(desc, &args, true)?;
         let created = self.create_child(table, sender, desc, &args, Side::Server)?;
         let destroyed = desc.is_destructor && !to_zombie;
