@@ -46,7 +46,7 @@ use crossway_protocols::dmabuf::{FormatModifier, FormatTable};
 use crossway_protocols::messages::{
     CreateBuffer, CreatePool, Global, ParamsAdd, ParamsCreate, Rect4,
 };
-use crossway_protocols::objects::ObjectMap;
+use crossway_protocols::objects::{ObjectMap, Processed};
 use crossway_protocols::opcodes as op;
 use crossway_protocols::stream::{FdQueue, MessageStream, StreamError, StreamLimits};
 use crossway_protocols::tables::{Direction, ProtocolTable, message_desc};
@@ -311,8 +311,6 @@ pub struct Session<D: VirtGpu> {
     map: ObjectMap<ObjectData>,
     /// Client ids ↔ host ids: the agent creates host objects the client never sees.
     ids: IdTranslation,
-    /// An event being translated to the client's ids (kept to reuse its allocation).
-    scratch: Vec<u8>,
     /// Client → host: partial request, fds waiting for their request.
     client: MessageStream<OwnedFd>,
     /// Host → client: partial event, items waiting for their event.
@@ -381,7 +379,6 @@ impl<D: VirtGpu> Session<D> {
             stats,
             map,
             ids,
-            scratch: Vec::new(),
             client: MessageStream::new(limits),
             host: MessageStream::new(limits),
             blobs: HashMap::new(),
@@ -760,8 +757,9 @@ impl<D: VirtGpu> Session<D> {
         Ok(())
     }
 
-    /// Relays one event: translated to the client's ids, then [`Self::client_event`]. Events
-    /// for the agent's own host objects end here.
+    /// Relays one event: its sender and object arguments translated to the client's ids
+    /// while it is decoded, then [`Self::client_event`]. Events for the agent's own host
+    /// objects end here.
     fn host_message(
         &mut self,
         raw: &[u8],
@@ -787,86 +785,44 @@ impl<D: VirtGpu> Session<D> {
                 )));
             }
         };
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        scratch.extend_from_slice(raw);
-        let r = match self.event_to_client(&mut scratch, object, msg, queue.len()) {
-            Ok(true) => Message::parse(&scratch)
-                .map_err(|e| host_err(e.to_string()))
-                .and_then(|m| self.client_event(&scratch, &m, queue)),
-            Ok(false) => Ok(()),
-            Err(e) => Err(e),
-        };
-        self.scratch = scratch;
-        r
-    }
-
-    /// Rewrites the event in `bytes` (a copy of `msg`) from host ids to the client's, its sender
-    /// being the client's `object`. Returns `false` for an event that is the agent's alone (the
-    /// `delete_id` of one of its own objects).
-    fn event_to_client(
-        &mut self,
-        bytes: &mut [u8],
-        object: ObjectId,
-        msg: &Message<'_>,
-        fds: usize,
-    ) -> Result<bool, SessionError> {
-        let (sender, _) = self.map.lookup(object).ok_or_else(|| {
-            host_err(format!(
-                "event for object {object}, which the client does not have"
-            ))
-        })?;
-        let desc = message_desc(
-            sender.interface,
-            Direction::Event,
-            msg.header.opcode,
-            sender.version,
-        )
-        .map_err(|e| host_err(e.to_string()))?;
-        let args = msg
-            .decode(desc.signature, fds)
-            .map_err(|e| host_err(format!("{}.{}: {e}", sender.interface.name, desc.name)))?;
+        let mut m = *msg;
+        m.header.object = object;
+        // `delete_id`'s argument is an id too: the host's, freed; the client's to free, if any.
+        let deleted: [u8; 4];
         if object == ObjectId::DISPLAY && msg.header.opcode == op::DISPLAY_DELETE_ID {
-            let [Arg::Uint(deleted)] = args.as_slice() else {
-                return Err(host_err("delete_id with unexpected arguments"));
-            };
-            let Some(client) =
-                (self.ids.server_deleted(*deleted)).map_err(|e| host_err(e.to_string()))?
-            else {
-                return Ok(false);
-            };
-            let at = wire::HEADER_SIZE;
-            if let Some(w) = bytes.get_mut(at..at + 4) {
-                w.copy_from_slice(&client.get().to_ne_bytes());
+            let host_id = <[u8; 4]>::try_from(msg.body)
+                .map_err(|_| host_err("delete_id with unexpected arguments"))?;
+            let freed = self.ids.server_deleted(u32::from_ne_bytes(host_id));
+            match freed.map_err(|e| host_err(e.to_string()))? {
+                Some(client) => deleted = client.get().to_ne_bytes(),
+                // One of the agent's own objects.
+                None => return Ok(()),
             }
-            return Ok(true);
+            m.body = &deleted;
         }
         let ids = &self.ids;
-        rewrite_ids(bytes, object, args.as_slice(), |arg, id| {
-            match (arg, ids.to_client(id)) {
-                // The host's own new objects keep their ids (server range, checked by the map).
-                (Arg::NewId(_), _) => Ok(id.get()),
-                (_, ServerSide::Client(c)) => Ok(c.get()),
-                _ => Err(host_err(format!(
-                    "{}.{} names object {id}, which the client does not have",
-                    sender.interface.name, desc.name
-                ))),
-            }
-        })?;
-        Ok(true)
+        let p = self
+            .map
+            .process_event_mapped(ProtocolTable::builtin(), &m, queue.len(), |id| {
+                match ids.to_client(id) {
+                    ServerSide::Client(c) => Some(c),
+                    _ => None,
+                }
+            })
+            .map_err(|e| host_err(e.to_string()))?;
+        self.client_event(&raw[..wire::HEADER_SIZE], &m, &p, queue)
     }
 
+    /// Acts on an event in the client's ids (`msg`, decoded as `p`; `header` is the host's
+    /// header bytes) and queues it for the client.
     fn client_event(
         &mut self,
-        raw: &[u8],
+        header: &[u8],
         msg: &Message<'_>,
+        p: &Processed<'_, ObjectData>,
         queue: &mut FdQueue<HostItem>,
     ) -> Result<(), SessionError> {
         let sender = id(msg.header.object);
-        let p = self
-            .map
-            .process_event(ProtocolTable::builtin(), msg, queue.len())
-            .map_err(|e| host_err(e.to_string()))?;
         let mut items = queue.take(p.args.fd_count());
         let iface = p.interface.name;
         let args = p.args.as_slice();
@@ -993,7 +949,16 @@ impl<D: VirtGpu> Session<D> {
         }
         match &rewritten {
             Some(b) => self.to_client.bytes.extend_from_slice(b),
-            None => self.to_client.bytes.extend_from_slice(raw),
+            None => {
+                // The host's bytes with the client's ids.
+                let out = &mut self.to_client.bytes;
+                out.extend_from_slice(header);
+                out.extend_from_slice(msg.body);
+                let ok = rewrite_ids(&mut out[at..], msg.header.object, args, |_, id| {
+                    Ok::<u32, std::convert::Infallible>(id.get())
+                });
+                let Ok(()) = ok;
+            }
         }
         self.to_client.fds.extend(fds.into_iter().map(|f| (at, f)));
         AgentStats::add(&self.stats.messages_to_guest, 1);

@@ -863,3 +863,60 @@ fn host_events_naming_objects_the_client_lacks_are_host_errors() {
         .unwrap_err();
     assert!(matches!(e, SessionError::Host(_)), "{e}");
 }
+
+/// Per-message cost of the session both ways, printed (run with `cargo test --release -p
+/// crossway-agent -- --ignored --nocapture per_message_cost`): requests naming objects (attach
+/// a buffer, damage_buffer, attach null; one read and one SEND per three) and events
+/// (`wl_buffer.release`, three thousand per read).
+#[test]
+#[ignore = "a benchmark: prints figures"]
+fn per_message_cost() {
+    let mut s = session();
+    shm_surface(&mut s);
+    let rounds = 200_000u32;
+    let mut best_req = f64::MAX;
+    let mut best_ev = f64::MAX;
+    for _ in 0..5 {
+        let (mut req_ns, mut ev_ns) = (0u128, 0u128);
+        for _ in 0..rounds / 1000 {
+            let mut requests = Vec::new();
+            let mut events = Vec::new();
+            for _ in 0..1000 {
+                requests.extend(msg(7, 1, &[obj(6), Arg::Int(0), Arg::Int(0)]));
+                requests.extend(msg(
+                    7,
+                    9,
+                    &[Arg::Int(0), Arg::Int(0), Arg::Int(1), Arg::Int(1)],
+                ));
+                requests.extend(msg(7, 1, &[Arg::Object(None), Arg::Int(0), Arg::Int(0)]));
+                for _ in 0..3 {
+                    events.extend(msg(6, 0, &[]));
+                }
+            }
+            let t = std::time::Instant::now();
+            let mut at = 0;
+            let mut i = 0;
+            while at < requests.len() {
+                // attach (20) + damage_buffer (24) + attach (20) per frame.
+                let end = at + 64;
+                s.client_input(&requests[at..end], vec![]).unwrap();
+                at = end;
+                i += 1;
+                if i % 64 == 0 {
+                    s.channel().device().execs.clear();
+                }
+            }
+            req_ns += t.elapsed().as_nanos();
+            let t = std::time::Instant::now();
+            s.host_input(&events, vec![]).unwrap();
+            ev_ns += t.elapsed().as_nanos();
+            s.to_client.bytes.clear();
+        }
+        let per = |ns: u128| ns as f64 / f64::from(rounds * 3);
+        best_req = best_req.min(per(req_ns));
+        best_ev = best_ev.min(per(ev_ns));
+    }
+    println!(
+        "agent session: {best_req:.0} ns per request (one SEND per frame), {best_ev:.0} ns per event"
+    );
+}
