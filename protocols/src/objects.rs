@@ -462,20 +462,21 @@ impl<D: Default> ObjectMap<D> {
         msg: &Message<'a>,
         fds_available: usize,
     ) -> Result<Processed<'a, D>, ObjectError> {
-        self.process_event_mapped(table, msg, fds_available, Some)
+        self.process_event_mapped(table, msg, fds_available, |id, _| Some(id))
     }
 
     /// [`Self::process_event`] for a relay whose server connection has ids of its own
     /// ([`crate::translate`]): `msg`'s sender (and a `delete_id`'s argument) is already the
-    /// client's id, and `map` turns each object argument, a server-side id, into the client's
-    /// (`None`: the client has no such object). The arguments returned are the client's.
+    /// client's id, and `map(id, new)` turns each object argument (`new`: each new id), a
+    /// server-side id, into the client's (`None`: the client has no such object, or no id is
+    /// left for it). The arguments returned are the client's.
     #[inline]
     pub fn process_event_mapped<'a>(
         &mut self,
         table: &ProtocolTable,
         msg: &Message<'a>,
         fds_available: usize,
-        mut map: impl FnMut(ObjectId) -> Option<ObjectId>,
+        mut map: impl FnMut(ObjectId, bool) -> Option<ObjectId>,
     ) -> Result<Processed<'a, D>, ObjectError> {
         let id = msg.header.object;
         let (sender, to_zombie) = match self.slot(id) {
@@ -491,9 +492,18 @@ impl<D: Default> ObjectMap<D> {
         )?;
         let mut args = self.decode(sender, desc, msg, fds_available)?;
         for (index, arg) in args.as_mut_slice().iter_mut().enumerate() {
-            if let Arg::Object(Some(id)) = *arg {
-                let mapped = map(id).ok_or(ObjectError::InvalidArgumentObject { index, id })?;
-                *arg = Arg::Object(Some(mapped));
+            match *arg {
+                Arg::Object(Some(id)) => {
+                    let mapped =
+                        map(id, false).ok_or(ObjectError::InvalidArgumentObject { index, id })?;
+                    *arg = Arg::Object(Some(mapped));
+                }
+                Arg::NewId(id) => {
+                    let mapped =
+                        map(id, true).ok_or(ObjectError::InvalidArgumentObject { index, id })?;
+                    *arg = Arg::NewId(mapped);
+                }
+                _ => {}
             }
         }
         self.check_object_args(desc, &args, true)?;

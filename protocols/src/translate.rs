@@ -14,12 +14,15 @@
 //! - Ids the client allocates get a server-side id from this map when the request creating them
 //!   is forwarded ([`IdTranslation::bind_new`]); the relay's own objects get one from the same
 //!   allocator ([`IdTranslation::new_private`]).
-//! - Ids the server allocates (`0xff000000..`, created by events) are the same on both
-//!   connections: the relay never creates objects in the client's view, so the server's range
-//!   needs no table.
-//! - A server-side id is released when the server's `wl_display.delete_id` names it
-//!   ([`IdTranslation::server_deleted`]), which also says which client id to release, if any: a
-//!   private object's `delete_id` is the relay's alone.
+//! - Ids the server allocates (`0xff000000..`, created by events) get an id in the server range
+//!   of the client's connection, which the relay allocates as the server would
+//!   ([`IdTranslation::bind_server_new`]); the relay can also give the client a server-range
+//!   object of its own making ([`IdTranslation::new_server_object`], e.g. a buffer it created
+//!   on the server connection with a client-range id). Server-range ids are free again when
+//!   their object is destroyed ([`IdTranslation::server_object_destroyed`]).
+//! - A client-range server-side id is released when the server's `wl_display.delete_id` names
+//!   it ([`IdTranslation::server_deleted`]), which also says which client id to release, if
+//!   any: a private object's `delete_id` is the relay's alone.
 //!
 //! The allocator reuses freed ids last-freed first, as libwayland's client does, and never skips
 //! ahead, as libwayland's server requires. Lookups are a vector index: no hashing and no
@@ -65,6 +68,9 @@ pub enum TranslateError {
     /// A client id to bind is in the server's range.
     #[error("new id {0} is not in the client's range")]
     ServerRange(ObjectId),
+    /// A server id to bind is in the client's range.
+    #[error("new id {0} is not in the server's range")]
+    ClientRange(ObjectId),
     /// No server-side id is left.
     #[error("no server-side id left (limit {0})")]
     Exhausted(usize),
@@ -90,6 +96,12 @@ pub struct IdTranslation {
     private: Vec<(u32, &'static Interface, u32)>,
     /// Freed server-side ids, reused last-freed first.
     free: Vec<u32>,
+    /// Client id (server range) of each server-allocated id, by `id - SERVER_ID_START`; 0 = none.
+    s_to_client: Vec<u32>,
+    /// Server-side id (either range) of each server-range client id, by `id - SERVER_ID_START`.
+    s_to_server: Vec<u32>,
+    /// Freed server-range client ids (as indices), reused last-freed first.
+    s_free: Vec<u32>,
     max_ids: usize,
     max_private: usize,
 }
@@ -103,6 +115,9 @@ impl IdTranslation {
             to_client: vec![0, 1],
             private: Vec::new(),
             free: Vec::new(),
+            s_to_client: Vec::new(),
+            s_to_server: Vec::new(),
+            s_free: Vec::new(),
             max_ids: max_ids.max(2),
             max_private,
         }
@@ -113,7 +128,10 @@ impl IdTranslation {
 
     /// Ids the tables have room for now, both sides (memory: this × 4 bytes).
     pub fn id_slots(&self) -> usize {
-        self.to_server.len() + self.to_client.len()
+        self.to_server.len()
+            + self.to_client.len()
+            + self.s_to_client.len()
+            + self.s_to_server.len()
     }
 
     /// Objects of the relay's own.
@@ -126,7 +144,8 @@ impl IdTranslation {
     pub fn to_server(&self, id: ObjectId) -> Option<ObjectId> {
         let raw = id.get();
         if raw >= SERVER_ID_START {
-            return Some(id);
+            let index = (raw - SERVER_ID_START) as usize;
+            return ObjectId::new(*self.s_to_server.get(index)?);
         }
         ObjectId::new(*self.to_server.get(raw as usize)?)
     }
@@ -136,7 +155,9 @@ impl IdTranslation {
     pub fn to_client(&self, id: ObjectId) -> ServerSide {
         let raw = id.get();
         if raw >= SERVER_ID_START {
-            return ServerSide::Client(id);
+            let index = (raw - SERVER_ID_START) as usize;
+            let client = self.s_to_client.get(index).copied().and_then(ObjectId::new);
+            return client.map_or(ServerSide::Unknown, ServerSide::Client);
         }
         match self.to_client.get(raw as usize) {
             Some(&PRIVATE) => self
@@ -242,6 +263,93 @@ impl IdTranslation {
         Ok(server)
     }
 
+    fn allocate_server_range(&mut self) -> Result<u32, TranslateError> {
+        if let Some(index) = self.s_free.pop() {
+            return Ok(index);
+        }
+        let next = self.s_to_server.len();
+        if next >= self.max_ids {
+            return Err(TranslateError::Exhausted(self.max_ids));
+        }
+        self.s_to_server.push(0);
+        Ok(next as u32)
+    }
+
+    /// Gives the server's new object `id` (server range, from an event) a client id.
+    pub fn bind_server_new(&mut self, id: ObjectId) -> Result<ObjectId, TranslateError> {
+        let raw = id.get();
+        if raw < SERVER_ID_START {
+            return Err(TranslateError::ClientRange(id));
+        }
+        let index = (raw - SERVER_ID_START) as usize;
+        if self.s_to_client.get(index).is_some_and(|c| *c != 0) {
+            return Err(TranslateError::AlreadyBound(id));
+        }
+        if index >= self.s_to_client.len() {
+            if index >= self.max_ids {
+                return Err(TranslateError::Exhausted(self.max_ids));
+            }
+            self.s_to_client.resize(index + 1, 0);
+        }
+        let client = self.allocate_server_range()?;
+        self.s_to_server[client as usize] = raw;
+        let client = client + SERVER_ID_START;
+        self.s_to_client[index] = client;
+        ObjectId::new(client).ok_or(TranslateError::Unmapped(id))
+    }
+
+    /// Gives the relay's own server-side object `server` (a client-range id it allocated with
+    /// [`Self::new_private`]) to the client, under a new server-range id.
+    pub fn new_server_object(&mut self, server: ObjectId) -> Result<ObjectId, TranslateError> {
+        let raw = server.get();
+        let at = self.private.iter().position(|(s, _, _)| *s == raw);
+        let Some(at) = at else {
+            return Err(TranslateError::NotAllocated(raw));
+        };
+        let client = self.allocate_server_range()?;
+        self.s_to_server[client as usize] = raw;
+        let client = client + SERVER_ID_START;
+        self.private.swap_remove(at);
+        self.to_client[raw as usize] = client;
+        ObjectId::new(client).ok_or(TranslateError::NotAllocated(raw))
+    }
+
+    /// The client's server-range object `id` was destroyed (by its destructor request or
+    /// event): its id is free. A server-range server-side id is the server's to free; a
+    /// client-range one (the relay's, see [`Self::new_server_object`]) becomes private
+    /// (`interface`, `version`) until the server's `delete_id`.
+    pub fn server_object_destroyed(
+        &mut self,
+        id: ObjectId,
+        interface: &'static Interface,
+        version: u32,
+    ) {
+        let raw = id.get();
+        if raw < SERVER_ID_START {
+            return;
+        }
+        let index = (raw - SERVER_ID_START) as usize;
+        let Some(server) = self.s_to_server.get_mut(index) else {
+            return;
+        };
+        let server = std::mem::take(server);
+        if server == 0 {
+            return;
+        }
+        self.s_free.push(index as u32);
+        if server >= SERVER_ID_START {
+            if let Some(c) = self
+                .s_to_client
+                .get_mut((server - SERVER_ID_START) as usize)
+            {
+                *c = 0;
+            }
+        } else if let Some(c) = self.to_client.get_mut(server as usize) {
+            *c = PRIVATE;
+            self.private.push((server, interface, version));
+        }
+    }
+
     /// The server released its id `raw` (`wl_display.delete_id`): frees it, and returns the
     /// client id to release with it (`None` for the relay's own objects).
     pub fn server_deleted(&mut self, raw: u32) -> Result<Option<ObjectId>, TranslateError> {
@@ -255,6 +363,8 @@ impl IdTranslation {
                 self.private.retain(|(s, _, _)| *s != raw);
                 None
             }
+            // A server-range client id was freed with its object.
+            Some(&c) if c >= SERVER_ID_START => None,
             Some(&c) => {
                 if let Some(s) = self.to_server.get_mut(c as usize) {
                     *s = 0;
@@ -320,12 +430,15 @@ mod tests {
         }
         assert_eq!(t.to_server(id(1)), Some(id(1)));
         assert_eq!(t.to_client(id(5)), ServerSide::Client(id(5)));
-        assert_eq!(t.to_server(id(0xff00_0003)), Some(id(0xff00_0003)));
-        assert_eq!(
-            t.to_client(id(0xff00_0003)),
-            ServerSide::Client(id(0xff00_0003))
-        );
         assert_eq!(t.to_client(id(10)), ServerSide::Unknown);
+        // The server's new objects get the client's server-range ids in the same order.
+        for n in 0..3 {
+            let s = id(0xff00_0000 + n);
+            assert_eq!(t.bind_server_new(s).unwrap(), s);
+            assert_eq!(t.to_server(s), Some(s));
+            assert_eq!(t.to_client(s), ServerSide::Client(s));
+        }
+        assert_eq!(t.to_client(id(0xff00_0003)), ServerSide::Unknown);
     }
 
     #[test]
@@ -368,6 +481,35 @@ mod tests {
         assert_eq!(t.to_client(s), ServerSide::Private(pool(), 1));
         // The client may reuse its id at once: it gets another server-side id.
         assert_eq!(t.bind_new(id(2)).unwrap(), id(3));
+    }
+
+    #[test]
+    fn server_range_ids_are_translated_and_freed_with_their_objects() {
+        let mut t = IdTranslation::new(100, 4);
+        let buffer = ProtocolTable::builtin().get("wl_buffer").unwrap();
+        let s0 = id(0xff00_0000);
+        let s1 = id(0xff00_0001);
+        assert_eq!(t.bind_server_new(s0).unwrap(), s0);
+        // The relay's own buffer (client-range on the server) goes to the client as s1.
+        let mine = t.new_private(buffer, 1).unwrap();
+        assert_eq!(t.new_server_object(mine).unwrap(), s1);
+        assert_eq!(t.to_server(s1), Some(mine));
+        assert_eq!(t.to_client(mine), ServerSide::Client(s1));
+        // The server's next object takes the client's next server-range id.
+        assert_eq!(t.bind_server_new(s1).unwrap(), id(0xff00_0002));
+        assert_eq!(t.bind_server_new(s1), Err(TranslateError::AlreadyBound(s1)));
+        // Destroyed: s0 is free again on both sides; the relay's buffer waits for delete_id.
+        t.server_object_destroyed(s0, buffer, 1);
+        t.server_object_destroyed(s1, buffer, 1);
+        assert_eq!(t.to_client(s0), ServerSide::Unknown);
+        assert_eq!(t.to_client(mine), ServerSide::Private(buffer, 1));
+        assert_eq!(t.server_deleted(mine.get()).unwrap(), None);
+        assert_eq!(t.bind_server_new(s0).unwrap(), s1);
+        assert_eq!(t.bind_server_new(id(0xff00_0005)).unwrap(), s0);
+        assert_eq!(
+            t.bind_server_new(id(7)),
+            Err(TranslateError::ClientRange(id(7)))
+        );
     }
 
     #[test]

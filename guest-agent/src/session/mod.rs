@@ -46,7 +46,7 @@ use crossway_protocols::dmabuf::{FormatModifier, FormatTable};
 use crossway_protocols::messages::{
     CreateBuffer, CreatePool, Global, ParamsAdd, ParamsCreate, Rect4,
 };
-use crossway_protocols::objects::{ObjectMap, Processed};
+use crossway_protocols::objects::{ObjectMap, Processed, Side};
 use crossway_protocols::opcodes as op;
 use crossway_protocols::stream::{FdQueue, MessageStream, StreamError, StreamLimits};
 use crossway_protocols::tables::{Direction, ProtocolTable, message_desc};
@@ -663,6 +663,10 @@ impl<D: VirtGpu> Session<D> {
         if forward {
             self.forward_request(raw, msg.header.object, args)?;
         }
+        if p.destroyed {
+            self.ids
+                .server_object_destroyed(msg.header.object, p.interface, p.version);
+        }
         Ok(())
     }
 
@@ -778,6 +782,12 @@ impl<D: VirtGpu> Session<D> {
                 drop(queue.take(args.fd_count()));
                 return Ok(());
             }
+            // An object of the host's the client destroyed while this was on its way: dropped,
+            // as libwayland drops it (no interface, so no fds are taken).
+            ServerSide::Unknown if Side::of(msg.header.object) == Side::Server => {
+                tracing::debug!(object = %msg.header.object, "event for a destroyed host object");
+                return Ok(());
+            }
             ServerSide::Unknown => {
                 return Err(host_err(format!(
                     "event for object {}, which the agent did not create",
@@ -800,10 +810,13 @@ impl<D: VirtGpu> Session<D> {
             }
             m.body = &deleted;
         }
-        let ids = &self.ids;
+        let ids = &mut self.ids;
         let p = self
             .map
-            .process_event_mapped(ProtocolTable::builtin(), &m, queue.len(), |id| {
+            .process_event_mapped(ProtocolTable::builtin(), &m, queue.len(), |id, new| {
+                if new {
+                    return ids.bind_server_new(id).ok();
+                }
                 match ids.to_client(id) {
                     ServerSide::Client(c) => Some(c),
                     _ => None,
@@ -828,6 +841,11 @@ impl<D: VirtGpu> Session<D> {
         let args = p.args.as_slice();
         let at = self.to_client.bytes.len();
         let mut forward = !p.to_zombie;
+        if p.destroyed {
+            // A destructor event (wl_callback.done, a server-made object's end).
+            self.ids
+                .server_object_destroyed(msg.header.object, p.interface, p.version);
+        }
         let mut rewritten: Option<Vec<u8>> = None;
         let mut fds: Vec<OwnedFd> = Vec::new();
         match (iface, msg.header.opcode) {

@@ -864,6 +864,61 @@ fn host_events_naming_objects_the_client_lacks_are_host_errors() {
     assert!(matches!(e, SessionError::Host(_)), "{e}");
 }
 
+#[test]
+fn server_created_objects_get_the_clients_server_range_ids() {
+    let mut s = session();
+    params_with_plane(&mut s).unwrap();
+    let create = |params| {
+        msg(
+            params,
+            2,
+            &[
+                Arg::Int(64),
+                Arg::Int(64),
+                Arg::Uint(ARGB8888),
+                Arg::Uint(0),
+            ],
+        )
+    };
+    s.client_input(&create(4), vec![]).unwrap();
+    // The host makes buffer 0xff000000: the client's first server-range id.
+    let s0 = 0xff00_0000;
+    s.host_input(&msg(4, 0, &[new_id(s0)]), vec![]).unwrap();
+    assert_eq!(
+        client_events(&mut s),
+        vec![(4, 0, s0.to_ne_bytes().to_vec())]
+    );
+    // A second params and buffer: the host reuses nothing yet, ids go on in step.
+    let mut stream = msg(3, 1, &[new_id(5)]);
+    stream.extend(add_plane(5));
+    stream.extend(create(5));
+    s.client_input(&stream, vec![memfd(64 * 64 * 4)]).unwrap();
+    s.host_input(&msg(5, 0, &[new_id(s0 + 1)]), vec![]).unwrap();
+    assert_eq!(client_events(&mut s)[0].2, (s0 + 1).to_ne_bytes());
+    // The client destroys its first buffer: the host's goes, and the host's next new object
+    // (which may reuse the host's id) takes the client's freed one.
+    s.client_input(&msg(s0, 0, &[]), vec![]).unwrap();
+    assert_eq!(sends(&mut s).pop().unwrap().1, msg(s0, 0, &[]));
+    // An event on its way for the destroyed buffer is dropped, as libwayland does.
+    s.host_input(&msg(s0, 0, &[]), vec![]).unwrap();
+    assert!(client_events(&mut s).is_empty());
+    let mut stream = msg(3, 1, &[new_id(6)]);
+    stream.extend(add_plane(6));
+    stream.extend(create(6));
+    s.client_input(&stream, vec![memfd(64 * 64 * 4)]).unwrap();
+    s.host_input(&msg(6, 0, &[new_id(s0 + 7)]), vec![]).unwrap();
+    assert_eq!(client_events(&mut s)[0].2, s0.to_ne_bytes());
+    // A host id made twice is a host error.
+    let mut stream = msg(3, 1, &[new_id(7)]);
+    stream.extend(add_plane(7));
+    stream.extend(create(7));
+    s.client_input(&stream, vec![memfd(64 * 64 * 4)]).unwrap();
+    let e = s
+        .host_input(&msg(7, 0, &[new_id(s0 + 7)]), vec![])
+        .unwrap_err();
+    assert!(matches!(e, SessionError::Host(_)), "{e}");
+}
+
 /// Per-message cost of the session both ways, printed (run with `cargo test --release -p
 /// crossway-agent -- --ignored --nocapture per_message_cost`): requests naming objects (attach
 /// a buffer, damage_buffer, attach null; one read and one SEND per three) and events
